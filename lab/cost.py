@@ -1,0 +1,79 @@
+"""Analytic cost of a grammar point, without building a module.
+
+Parameters, MACs (one multiply-accumulate counts once, as the lecture's tables count "FLOPs")
+and activations (elements written by conv and linear layers, as pycls counts them), per
+stage and in total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.grammar.spec import Spec
+from lab.grammar.text import format_kind
+from lab.grammar.trace import Step, trace
+from lab.kinds import Cost
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the per-stage table: the stem, a stage (with its transition), or the head."""
+
+    name: str
+    block: str
+    depth: int
+    channels: int
+    h: int
+    w: int
+    params: int
+    macs: int
+    acts: int
+
+
+@dataclass(frozen=True)
+class Report:
+    params: int
+    macs: int
+    acts: int
+    rows: tuple[Row, ...]
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+
+def steps(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> tuple[Step, ...]:
+    if num_classes == 1000 and in_chans == 3:
+        return spec._trace  # computed when the spec was validated
+    return trace(spec, num_classes, in_chans)
+
+
+def totals(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Cost:
+    """Total params, MACs and activations (the fast path that samplers use)."""
+    total = Cost()
+    for step in steps(spec, num_classes, in_chans):
+        total = total + step.cost
+    return total
+
+
+def _row_name(step: Step) -> str:
+    return step.section if step.section in ("stem", "head") else f"stage {step.stage + 1}"
+
+
+def cost(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Report:
+    """The cost report of `spec` with a `num_classes` head on `in_chans` input channels."""
+    groups: dict[str, list[Step]] = {}
+    for step in steps(spec, num_classes, in_chans):
+        groups.setdefault(_row_name(step), []).append(step)
+    rows = []
+    for name, group in groups.items():
+        c = sum((s.cost for s in group), Cost())
+        out = group[-1].shape_out
+        if name in ("stem", "head"):
+            label, depth = ",".join(format_kind(s.element) for s in group), 1
+        else:
+            st = spec.stages[group[-1].stage]
+            label, depth = format_kind(st.block), st.depth
+        rows.append(Row(name, label, depth, out.c, out.h, out.w, c.params, c.macs, c.acts))
+    total = sum((r_cost for r_cost in (Cost(r.params, r.macs, r.acts) for r in rows)), Cost())
+    return Report(total.params, total.macs, total.acts, tuple(rows))

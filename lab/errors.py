@@ -1,0 +1,38 @@
+"""Errors a user can cause. The CLI turns them into one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class LabError(Exception):
+    """Base class of every error caused by user input (bad text, YAML, flags, data)."""
+
+
+class SpecError(LabError, ValueError):
+    """An invalid grammar point.
+
+    `path` names the field (``stages[1].block.g``); `col` is the 1-based column in the
+    textual form when the point came from text. Both are optional; the message always
+    says what was expected.
+    """
+
+    def __init__(self, message: str, path: str | None = None, col: int | None = None):
+        self.message = message
+        self.path = path
+        self.col = col
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = []
+        if self.col is not None:
+            where.append(f"col {self.col}")
+        if self.path:
+            where.append(self.path if not where else f"({self.path})")
+        return f"{' '.join(where)}: {self.message}" if where else self.message
+
+    def at(self, prefix: str) -> "SpecError":
+        """The same error, its path prefixed by the enclosing field (``stages[2]``)."""
+        path = prefix if not self.path else f"{prefix}.{self.path}" if not self.path.startswith("[") else prefix + self.path
+        return SpecError(self.message, path, self.col)
+
+    def with_col(self, col: int | None) -> "SpecError":
+        return SpecError(self.message, self.path, col if self.col is None else self.col)

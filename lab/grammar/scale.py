@@ -1,0 +1,32 @@
+"""Multipliers: scaled variants of any point are points too (``resnet50@32px,w=0.25``)."""
+
+from __future__ import annotations
+
+import math
+
+from lab.errors import SpecError
+from lab.grammar.spec import Spec, Stage
+from lab.kinds.base import round_channels
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def scale(spec: Spec, width: float = 1.0, depth: float = 1.0, res: int | None = None) -> Spec:
+    """`spec` with every channel count times `width` (rounded to a multiple of 8 that the block
+    accepts), every stage depth times `depth` (rounded up) and input resolution `res`."""
+    if not (0 < width <= 64):
+        raise SpecError(f"width multiplier must be in (0, 64], got {width}", "w")
+    if not (0 < depth <= 64):
+        raise SpecError(f"depth multiplier must be in (0, 64], got {depth}", "d")
+    stages = []
+    for st in spec.stages:
+        block = st.block.widen(width) if width != 1 else st.block
+        w = st.width if width == 1 else round_channels(st.width * width, _lcm(8, block.width_quantum()))
+        d = st.depth if depth == 1 else max(1, math.ceil(st.depth * depth - 1e-9))
+        down = tuple(op.widen(width) for op in st.down) if width != 1 else st.down
+        stages.append(Stage(block, d, w, st.stride, down))
+    stem = tuple(op.widen(width) for op in spec.stem) if width != 1 else spec.stem
+    head = tuple(op.widen(width) for op in spec.head) if width != 1 else spec.head
+    return Spec(spec.res if res is None else res, stem, tuple(stages), head)

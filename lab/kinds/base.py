@@ -1,0 +1,223 @@
+"""What every grammar element knows about itself: typed parameters, build and cost.
+
+A *kind* is one registered element of the grammar. Ops appear in stems, stage transitions
+and heads (``conv(k=7,s=2,c=64)``, ``bn``, ``gap``); blocks fill stages (``bottleneck(e=4)``).
+Each kind is a frozen dataclass whose fields are its parameters; the class carries the
+analytic cost and the torch build side by side, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from torch import nn
+
+from lab.errors import SpecError
+
+
+class Shape(NamedTuple):
+    """A feature map entering or leaving an element: channels and spatial size (per image)."""
+
+    c: int
+    h: int
+    w: int
+
+
+class Cost(NamedTuple):
+    """Parameters, multiply-accumulates and activations (elements written by conv/linear layers)."""
+
+    params: int = 0
+    macs: int = 0
+    acts: int = 0
+
+    def __add__(self, other: "Cost") -> "Cost":  # type: ignore[override]
+        return Cost(self.params + other.params, self.macs + other.macs, self.acts + other.acts)
+
+    def times(self, n: int) -> "Cost":
+        return Cost(self.params * n, self.macs * n, self.acts * n)
+
+
+ZERO = Cost()
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an element may need beyond its input shape."""
+
+    num_classes: int = 1000
+    in_chans: int = 3
+    width: int | None = None  # the stage width, inside a stage transition
+
+
+# --- cost helpers shared by kinds -------------------------------------------------------
+
+
+def out_size(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+def conv_cost(cin: int, cout: int, k: int, h_out: int, w_out: int, groups: int = 1, bias: bool = False) -> Cost:
+    per_out = (cin // groups) * k * k
+    params = cout * per_out + (cout if bias else 0)
+    n_out = cout * h_out * w_out
+    return Cost(params, n_out * per_out, n_out)
+
+
+def linear_cost(fin: int, fout: int, tokens: int = 1, bias: bool = True) -> Cost:
+    return Cost(fin * fout + (fout if bias else 0), tokens * fin * fout, tokens * fout)
+
+
+def norm_cost(c: int) -> Cost:
+    """BatchNorm, GroupNorm and LayerNorm all carry a scale and a shift per channel."""
+    return Cost(2 * c, 0, 0)
+
+
+def block_norm_cost(norm: str, c: int) -> Cost:
+    """A block's norm on `c` channels; GroupNorm's 32 groups (capped at c) must divide c."""
+    if norm == "gn" and c % min(32, c):
+        raise SpecError(f"GroupNorm's 32 groups do not divide {c} channels", "norm")
+    return norm_cost(c)
+
+
+def se_cost(c: int, rd: int) -> Cost:
+    """Squeeze-excitation on a pooled vector: two 1x1 convs with bias."""
+    return Cost(c * rd + rd + rd * c + c, 2 * c * rd, rd + c)
+
+
+# --- parameters --------------------------------------------------------------------------
+
+
+def param(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple | None = None,
+          doc: str = "") -> Any:
+    """Declare a kind parameter: default, inclusive bounds or choices, and a one-line doc."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    return {"int": int, "float": float, "bool": bool, "str": str, "int | None": int, "float | None": float}[t]
+
+
+def coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
+    """Check one parameter value against its declaration; return it in its canonical type."""
+    t = _type_of(f)
+    meta = f.metadata
+    if value is None and f.default is None:
+        return None
+    if t is bool:
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        raise SpecError(f"expected 0 or 1, got {value!r}", where)
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise SpecError(f"expected an integer, got {value!r}", where)
+        value = int(value)
+    elif t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpecError(f"expected a number, got {value!r}", where)
+        value = float(value)
+    elif t is str:
+        if not isinstance(value, str):
+            raise SpecError(f"expected a name, got {value!r}", where)
+    if meta.get("choices") and value not in meta["choices"]:
+        raise SpecError(f"expected one of {', '.join(map(str, meta['choices']))}, got {value!r}", where)
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise SpecError(f"expected >= {meta['lo']}, got {value!r}", where)
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise SpecError(f"expected <= {meta['hi']}, got {value!r}", where)
+    return value
+
+
+REGISTRY: dict[str, type["Kind"]] = {}
+
+
+def register(cls: type["Kind"]) -> type["Kind"]:
+    """Make a kind a frozen dataclass and add it to the grammar under its ``kind`` name."""
+    cls = dataclass(frozen=True)(cls)
+    if cls.kind in REGISTRY:
+        raise RuntimeError(f"kind {cls.kind!r} registered twice")
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+class Kind:
+    """Base of every grammar element. Subclasses declare fields with :func:`param`."""
+
+    kind: ClassVar[str]
+    role: ClassVar[str]  # "op" or "block"
+    doc: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, coerce(getattr(self, f.name), f, f.name))
+        self.check()
+
+    def check(self) -> None:
+        """Checks across parameters (raise SpecError with the field name as path)."""
+
+    def args(self) -> dict[str, Any]:
+        """Parameters that differ from their defaults, in declaration order (the canonical form)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default}
+
+    def widen(self, m: float) -> "Kind":
+        """This element under a width multiplier (kinds with channel counts override)."""
+        return self
+
+    @classmethod
+    def params_doc(cls) -> list[tuple[str, Any, str]]:
+        return [(f.name, f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]
+
+
+class Op(Kind):
+    """An element of a stem, a stage transition or a head: one shape in, one shape out."""
+
+    role: ClassVar[str] = "op"
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        raise NotImplementedError
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        raise NotImplementedError
+
+
+class Block(Kind):
+    """A stage's repeated unit: token mixer + channel mixer + normalization + residual rule.
+
+    A stage is ``depth`` units at ``width``; the first takes the stage's stride. Kinds whose
+    units differ beyond the first (DenseNet's growing input) override the stage methods.
+    """
+
+    role: ClassVar[str] = "block"
+
+    def unit(self, s: Shape, width: int, stride: int) -> tuple[Shape, Cost]:
+        raise NotImplementedError
+
+    def build_unit(self, s: Shape, width: int, stride: int, drop_path: float) -> nn.Module:
+        raise NotImplementedError
+
+    def width_quantum(self) -> int:
+        """Stage widths must be multiples of this (width multipliers round to it)."""
+        return 1
+
+    def stage(self, s: Shape, width: int, depth: int, stride: int) -> tuple[Shape, Cost]:
+        s1, first = self.unit(s, width, stride)
+        if depth == 1:
+            return s1, first
+        s2, rest = self.unit(s1, width, 1)
+        return s2, first + rest.times(depth - 1)
+
+    def build_stage(self, s: Shape, width: int, depth: int, stride: int, drop_paths: list[float]) -> list[nn.Module]:
+        units = []
+        for i in range(depth):
+            units.append(self.build_unit(s, width, stride if i == 0 else 1, drop_paths[i]))
+            s, _ = self.unit(s, width, stride if i == 0 else 1)
+        return units
+
+
+def round_channels(c: float, quantum: int = 8) -> int:
+    """Round a scaled channel count to a multiple of `quantum` (at least one quantum)."""
+    return max(quantum, int(round(c / quantum)) * quantum)

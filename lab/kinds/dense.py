@@ -1,0 +1,57 @@
+"""DenseNet layer: concatenation instead of addition.
+
+    dense(bn=4) 6x32   six layers of growth 32: BN, ReLU, 1x1 to bn*32, BN, ReLU, 3x3 to 32, concat
+The stage width is the growth rate; the stage leaves with input + depth x growth channels.
+Downsampling happens in the transition between dense stages:
+``/(bn,relu,conv(k=1,r=0.5),avgpool(k=2,s=2))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lab.errors import SpecError
+from lab.kinds.base import Block, Cost, Shape, conv_cost, norm_cost, param, register
+from lab.layers import init_conv_, make_conv
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int, bn_size: int, drop: float):
+        super().__init__()
+        mid = bn_size * growth
+        self.branch = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(inplace=True), make_conv(cin, mid, 1),
+            nn.BatchNorm2d(mid), nn.ReLU(inplace=True), make_conv(mid, growth, 3))
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.drop(self.branch(x))], 1)
+
+
+@register
+class Dense(Block):
+    """DenseNet-BC layer; width = growth rate."""
+
+    kind = "dense"
+    bn: int = param(4, lo=1, hi=64, doc="bottleneck width as a multiple of the growth rate")
+
+    def unit(self, s: Shape, width: int, stride: int) -> tuple[Shape, Cost]:
+        if stride != 1:
+            raise SpecError("dense stages keep their resolution: downsample in a transition instead of /2")
+        mid = self.bn * width
+        cost = (norm_cost(s.c) + conv_cost(s.c, mid, 1, s.h, s.w) + norm_cost(mid)
+                + conv_cost(mid, width, 3, s.h, s.w))
+        return Shape(s.c + width, s.h, s.w), cost
+
+    def stage(self, s: Shape, width: int, depth: int, stride: int) -> tuple[Shape, Cost]:
+        total = Cost()
+        for _ in range(depth):  # each layer sees every earlier layer's output
+            s, c = self.unit(s, width, stride)
+            total = total + c
+        return s, total
+
+    def build_unit(self, s: Shape, width: int, stride: int, drop_path: float) -> nn.Module:
+        layer = DenseLayer(s.c, width, self.bn, 0.0)
+        init_conv_(layer)
+        return layer

@@ -1,0 +1,261 @@
+"""Ops: the elements of stems, stage transitions and heads.
+
+    conv(c=64,k=7,s=2)  bn  gn(g=32)  ln  relu  silu  gelu
+    maxpool(k=3,s=2)  avgpool(k=2,s=2)  pad(p=1)  gap  drop(p=0.2)  fc
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lab.errors import SpecError
+from lab.kinds.base import (ZERO, Context, Cost, Op, Shape, conv_cost, norm_cost, out_size, param, register,
+                            round_channels)
+from lab.layers import LayerNorm2d, make_act, make_conv
+
+
+def _spatial(s: Shape, k: int, st: int, p: int, what: str) -> tuple[int, int]:
+    h, w = out_size(s.h, k, st, p), out_size(s.w, k, st, p)
+    if h < 1 or w < 1:
+        raise SpecError(f"{what} collapses the {s.h}x{s.w} map below 1 pixel (k={k}, s={st}, p={p})")
+    return h, w
+
+
+@register
+class Conv(Op):
+    """Convolution. Output channels: `c`, else `r` x input channels, else the stage width (in a transition)."""
+
+    kind = "conv"
+    c: int | None = param(None, lo=1, hi=65536, doc="output channels")
+    r: float | None = param(None, lo=0.01, hi=64, doc="output channels as a ratio of the input's")
+    k: int = param(3, lo=1, hi=64, doc="kernel size")
+    s: int = param(1, lo=1, hi=64, doc="stride")
+    p: int | None = param(None, lo=0, hi=64, doc="padding (default: 0 when k == s, else (k-1)//2)")
+    g: int = param(1, lo=1, hi=65536, doc="groups")
+    bias: bool = param(False, doc="learned bias")
+    ws: bool = param(False, doc="weight standardization (BiT)")
+
+    def check(self) -> None:
+        if self.c is not None and self.r is not None:
+            raise SpecError("give either c (channels) or r (ratio), not both", "r")
+
+    @property
+    def pad(self) -> int:
+        if self.p is not None:
+            return self.p
+        return 0 if self.k == self.s else (self.k - 1) // 2
+
+    def out_channels(self, s: Shape, ctx: Context) -> int:
+        if self.c is not None:
+            return self.c
+        if self.r is not None:
+            return max(1, int(s.c * self.r))
+        if ctx.width is None:
+            raise SpecError("conv needs its output channels here: c=N", "c")
+        return ctx.width
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        cout = self.out_channels(s, ctx)
+        if s.c % self.g or cout % self.g:
+            raise SpecError(f"{self.g} groups must divide input channels {s.c} and output channels {cout}", "g")
+        h, w = _spatial(s, self.k, self.s, self.pad, "conv")
+        return Shape(cout, h, w), conv_cost(s.c, cout, self.k, h, w, self.g, self.bias)
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return make_conv(s.c, self.out_channels(s, ctx), self.k, self.s, self.g, self.ws, self.bias, self.pad)
+
+    def widen(self, m: float) -> "Conv":
+        if self.c is None:
+            return self
+        return Conv(round_channels(self.c * m), self.r, self.k, self.s, self.p, self.g, self.bias, self.ws)
+
+
+class _Norm(Op):
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        return s, norm_cost(s.c)
+
+
+@register
+class BatchNorm(_Norm):
+    """Batch normalization."""
+
+    kind = "bn"
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return nn.BatchNorm2d(s.c)
+
+
+@register
+class GroupNorm(_Norm):
+    """Group normalization with `g` groups (capped at the channel count)."""
+
+    kind = "gn"
+    g: int = param(32, lo=1, hi=4096, doc="groups")
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        if s.c % min(self.g, s.c):
+            raise SpecError(f"{self.g} groups do not divide {s.c} channels", "g")
+        return s, norm_cost(s.c)
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return nn.GroupNorm(min(self.g, s.c), s.c)
+
+
+@register
+class LayerNorm(_Norm):
+    """Layer normalization over channels."""
+
+    kind = "ln"
+    eps: float = param(1e-6, lo=0, hi=1, doc="epsilon")
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return LayerNorm2d(s.c, eps=self.eps)
+
+
+class _Act(Op):
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        return s, ZERO
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return make_act(self.kind)
+
+
+@register
+class ReLU(_Act):
+    """ReLU activation."""
+
+    kind = "relu"
+
+
+@register
+class SiLU(_Act):
+    """SiLU (swish) activation."""
+
+    kind = "silu"
+
+
+@register
+class GELU(_Act):
+    """GELU activation."""
+
+    kind = "gelu"
+
+
+@register
+class MaxPool(Op):
+    """Max pooling (padding default (k-1)//2)."""
+
+    kind = "maxpool"
+    k: int = param(3, lo=1, hi=64, doc="window")
+    s: int = param(2, lo=1, hi=64, doc="stride")
+    p: int | None = param(None, lo=0, hi=32, doc="padding (default (k-1)//2)")
+
+    @property
+    def pad(self) -> int:
+        return (self.k - 1) // 2 if self.p is None else self.p
+
+    def check(self) -> None:
+        if self.pad * 2 > self.k:
+            raise SpecError(f"padding {self.pad} exceeds half the window {self.k}", "p")
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        h, w = _spatial(s, self.k, self.s, self.pad, "maxpool")
+        return Shape(s.c, h, w), ZERO
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return nn.MaxPool2d(self.k, self.s, self.pad)
+
+
+@register
+class AvgPool(Op):
+    """Average pooling."""
+
+    kind = "avgpool"
+    k: int = param(2, lo=1, hi=64, doc="window")
+    s: int = param(2, lo=1, hi=64, doc="stride")
+    p: int = param(0, lo=0, hi=32, doc="padding")
+
+    def check(self) -> None:
+        if self.p * 2 > self.k:
+            raise SpecError(f"padding {self.p} exceeds half the window {self.k}", "p")
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        h, w = _spatial(s, self.k, self.s, self.p, "avgpool")
+        return Shape(s.c, h, w), ZERO
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return nn.AvgPool2d(self.k, self.s, self.p)
+
+
+@register
+class Pad(Op):
+    """Zero padding on every side (BiT's stem pads before its unpadded max pool)."""
+
+    kind = "pad"
+    p: int = param(1, lo=1, hi=64, doc="pixels")
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        return Shape(s.c, s.h + 2 * self.p, s.w + 2 * self.p), ZERO
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return nn.ZeroPad2d(self.p)
+
+
+@register
+class GlobalAvgPool(Op):
+    """Global average pooling to a 1x1 map."""
+
+    kind = "gap"
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        return Shape(s.c, 1, 1), ZERO
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return nn.AdaptiveAvgPool2d(1)
+
+
+@register
+class Dropout(Op):
+    """Dropout."""
+
+    kind = "drop"
+    p: float = param(0.0, lo=0.0, hi=0.99, doc="probability")
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        return s, ZERO
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        return nn.Dropout(self.p)
+
+
+class Classifier(nn.Linear):
+    """The final linear layer; flattens a pooled 1x1 map first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1))
+
+
+@register
+class FullyConnected(Op):
+    """The classifier: a linear layer to the number of classes (identity when num_classes=0)."""
+
+    kind = "fc"
+    bias: bool = param(True, doc="learned bias")
+
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        if s.h != 1 or s.w != 1:
+            raise SpecError(f"fc needs a pooled input, got a {s.h}x{s.w} map: put gap before it")
+        if ctx.num_classes == 0:
+            return s, ZERO
+        n = ctx.num_classes
+        return Shape(n, 1, 1), Cost(s.c * n + (n if self.bias else 0), s.c * n, n)
+
+    def build(self, s: Shape, ctx: Context) -> nn.Module:
+        if ctx.num_classes == 0:
+            return nn.Flatten(1)
+        fc = Classifier(s.c, ctx.num_classes, bias=self.bias)
+        nn.init.normal_(fc.weight, std=0.01)
+        if fc.bias is not None:
+            nn.init.zeros_(fc.bias)
+        return fc

@@ -1,0 +1,104 @@
+"""Named architectures are data: ``search_spaces/named.yaml`` maps each name to grammar text.
+
+A reference to a point may carry multipliers: ``resnet50@32px,w=0.25,d=0.5`` is ResNet-50 at
+32 px input with a quarter of its widths and half its depths; it is a grammar point like any other.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lab.errors import LabError, SpecError
+from lab.grammar import generators
+from lab.grammar.scale import scale
+from lab.grammar.spec import Spec
+from lab.grammar.text import parse
+
+SPACES_DIR = Path(os.environ.get("LAB_SPACES", Path(__file__).resolve().parent.parent / "search_spaces"))
+GENERATORS = {"regnet": generators.regnet, "efficientnet": generators.efficientnet}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    family: str
+    text: str
+    timm: str | None = None
+
+
+@functools.cache
+def entries() -> dict[str, Entry]:
+    path = SPACES_DIR / "named.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise LabError(f"named architectures not found at {path} (set LAB_SPACES to the search_spaces folder)")
+    out = {}
+    for name, e in raw.items():
+        gens = [g for g in GENERATORS if g in e]
+        if "text" in e:
+            text = e["text"]
+        elif len(gens) == 1:
+            text = GENERATORS[gens[0]](**e[gens[0]])
+        else:
+            raise LabError(f"{path}: {name}: give text or one generator ({', '.join(GENERATORS)})")
+        out[name] = Entry(name, e["family"], text, e.get("timm"))
+    return out
+
+
+def names() -> list[str]:
+    return list(entries())
+
+
+@functools.cache
+def named(name: str) -> Spec:
+    """The named architecture `name` at its native resolution."""
+    e = entries().get(name)
+    if e is None:
+        close = difflib.get_close_matches(name, names(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see `lab arch list`)"
+        raise SpecError(f"unknown architecture {name!r}{hint}")
+    return parse(e.text)
+
+
+_MOD = re.compile(r"^(?:(\d+)px|([wd])=([0-9]*\.?[0-9]+))$")
+
+
+def resolve(ref: str) -> Spec:
+    """A Spec from grammar text (``@224 | ...``) or a name with optional multipliers
+    (``swin_t``, ``resnet50@32px``, ``resnet50@32px,w=0.25,d=0.5``)."""
+    ref = ref.strip()
+    if ref.startswith("@"):
+        return parse(ref)
+    name, _, mods = ref.partition("@")
+    spec = named(name.strip())
+    if not mods:
+        return spec
+    res, w, d = None, 1.0, 1.0
+    for mod in mods.split(","):
+        m = _MOD.match(mod.strip())
+        if not m:
+            raise SpecError(f"bad multiplier {mod.strip()!r} in {ref!r} (expected NNpx, w=F or d=F)")
+        if m.group(1):
+            res = int(m.group(1))
+        elif m.group(2) == "w":
+            w = float(m.group(3))
+        else:
+            d = float(m.group(3))
+    return scale(spec, width=w, depth=d, res=res)
+
+
+def family_of(spec: Spec) -> str:
+    """The family of a named point, else a description from its block kinds ("hybrid" when mixed)."""
+    for e in entries().values():
+        if e.text == spec.text:
+            return e.family
+    kinds = sorted({st.block.kind for st in spec.stages})
+    return kinds[0] if len(kinds) == 1 else "hybrid"
