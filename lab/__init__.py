@@ -11,7 +11,7 @@ from lab.cost import cost
 from lab.errors import LabError, SpecError
 from lab.grammar import Spec, Stage, parse, scale
 from lab.grammar.text import format_spec as format
-from lab.named import named, names, resolve
+from lab.catalog import named, names, resolve
 
 __version__ = "0.1.0"
 

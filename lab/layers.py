@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
@@ -58,7 +60,7 @@ def make_norm(kind: str, c: int, groups: int = 32) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(c)
     if kind == "gn":
-        return nn.GroupNorm(min(groups, c), c)
+        return nn.GroupNorm(math.gcd(c, groups), c)
     if kind == "ln":
         return LayerNorm2d(c, eps=1e-6)
     raise ValueError(kind)

@@ -75,10 +75,14 @@ def norm_cost(c: int) -> Cost:
     return Cost(2 * c, 0, 0)
 
 
+def gn_groups(c: int, groups: int = 32) -> int:
+    """GroupNorm groups on `c` channels: gcd(c, groups), so 32 for every multiple of 32 (BiT)
+    and still a valid split for the narrow channel counts of scaled variants."""
+    return math.gcd(c, groups)
+
+
 def block_norm_cost(norm: str, c: int) -> Cost:
-    """A block's norm on `c` channels; GroupNorm's 32 groups (capped at c) must divide c."""
-    if norm == "gn" and c % min(32, c):
-        raise SpecError(f"GroupNorm's 32 groups do not divide {c} channels", "norm")
+    """A block's norm (bn or gn) on `c` channels."""
     return norm_cost(c)
 
 

@@ -32,7 +32,11 @@ class MBConvUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.branch(x)
-        return x + self.drop_path(y) if self.residual else y
+        if not self.residual:
+            return y
+        y = self.drop_path(y)
+        y += x  # in place: the last norm does not need its output for backward
+        return y
 
 
 @register

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import (ZERO, Context, Cost, Op, Shape, conv_cost, norm_cost, out_size, param, register,
-                            round_channels)
+from lab.kinds.base import (ZERO, Context, Cost, Op, Shape, conv_cost, gn_groups, norm_cost, out_size, param,
+                            register, round_channels)
 from lab.layers import LayerNorm2d, make_act, make_conv
 
 
@@ -88,18 +88,13 @@ class BatchNorm(_Norm):
 
 @register
 class GroupNorm(_Norm):
-    """Group normalization with `g` groups (capped at the channel count)."""
+    """Group normalization with gcd(channels, g) groups (g when g divides the channels)."""
 
     kind = "gn"
-    g: int = param(32, lo=1, hi=4096, doc="groups")
-
-    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
-        if s.c % min(self.g, s.c):
-            raise SpecError(f"{self.g} groups do not divide {s.c} channels", "g")
-        return s, norm_cost(s.c)
+    g: int = param(32, lo=1, hi=4096, doc="groups (gcd with the channels is used)")
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return nn.GroupNorm(min(self.g, s.c), s.c)
+        return nn.GroupNorm(gn_groups(s.c, self.g), s.c)
 
 
 @register

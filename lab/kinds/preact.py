@@ -31,7 +31,9 @@ class PreActUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.act(self.norm1(x))
         skip = x if self.shortcut is None else self.shortcut(pre)
-        return self.drop_path(self.branch(pre)) + skip
+        y = self.drop_path(self.branch(pre))
+        y += skip  # in place: a conv does not need its output for backward
+        return y
 
 
 @register

@@ -40,7 +40,9 @@ class PostActResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x if self.shortcut is None else self.shortcut(x)
-        return self.act(self.drop_path(self.branch(x)) + skip)
+        y = self.drop_path(self.branch(x))
+        y += skip  # in place: the branch's last norm does not need its output for backward
+        return self.act(y)
 
 
 def zero_init_last_norm(branch: nn.Sequential) -> None:

@@ -31,6 +31,8 @@ class Entry:
     family: str
     text: str
     timm: str | None = None
+    published_params_m: float | None = None
+    published_gmacs: float | None = None
 
 
 @functools.cache
@@ -49,7 +51,8 @@ def entries() -> dict[str, Entry]:
             text = GENERATORS[gens[0]](**e[gens[0]])
         else:
             raise LabError(f"{path}: {name}: give text or one generator ({', '.join(GENERATORS)})")
-        out[name] = Entry(name, e["family"], text, e.get("timm"))
+        pub = e.get("published") or {}
+        out[name] = Entry(name, e["family"], text, e.get("timm"), pub.get("params_m"), pub.get("gmacs"))
     return out
 
 

@@ -1,0 +1,1 @@
+"""The `lab` command line: a thin layer over the Python API."""

@@ -1,0 +1,129 @@
+"""`lab arch list|show|bench`: named architectures, per-stage cost tables, throughput."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lab import catalog
+from lab.cli.table import render
+from lab.cost import cost
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("arch", help="named architectures and grammar points")
+    asub = p.add_subparsers(dest="arch_command", metavar="ARCH_COMMAND", parser_class=type(p))
+    asub.required = True
+
+    ls = asub.add_parser("list", help="every named architecture with params and GMACs vs the published figures")
+    ls.add_argument("--family", help="only this family (resnet, convnext, ...)")
+    ls.add_argument("--json", action="store_true", help="a JSON list of objects")
+    ls.set_defaults(run=run_list)
+
+    show = asub.add_parser("show", help="the per-stage table of a named architecture or grammar text")
+    show.add_argument("ref", metavar="NAME|TEXT", help="a name (resnet50, resnet50@32px,w=0.25) or grammar text")
+    show.add_argument("--classes", type=int, default=1000, help="classes of the head (default 1000)")
+    show.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
+    show.add_argument("--json", action="store_true", help="a JSON object")
+    show.set_defaults(run=run_show)
+
+    kinds = asub.add_parser("kinds", help="every op and block kind of the grammar with its parameters")
+    kinds.set_defaults(run=run_kinds)
+
+    bench = asub.add_parser("bench", help="training and inference images/s and peak memory")
+    bench.add_argument("ref", metavar="NAME|TEXT")
+    bench.add_argument("--res", type=int, help="input resolution (default: the point's own)")
+    bench.add_argument("--batch", type=int, default=32)
+    bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    bench.add_argument("--rounds", type=int, default=3, help="rounds (the median is reported)")
+    bench.add_argument("--vs", choices=["timm"], help="also time the reference implementation and print ratios")
+    bench.add_argument("--channels-last", action="store_true", help="run both models in channels-last memory format")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(run=run_bench)
+
+
+def _summary(name: str, spec, entry: catalog.Entry | None, classes: int = 1000, in_chans: int = 3) -> dict:
+    rep = cost(spec, classes, in_chans)
+    out = {"name": name, "family": entry.family if entry else catalog.family_of(spec),
+           "params": rep.params, "gmacs": round(rep.gmacs, 4), "acts": rep.acts, "res": spec.res,
+           "arch_id": spec.arch_id, "text": spec.text}
+    if entry is not None:
+        out.update(timm=entry.timm, published_params_m=entry.published_params_m,
+                   published_gmacs=entry.published_gmacs)
+    return out
+
+
+def _pct(ours: float, published: float | None) -> str:
+    return "" if not published else f"{100 * (ours - published) / published:+.1f}%"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    entries = [e for e in catalog.entries().values() if not args.family or e.family == args.family]
+    items = [_summary(e.name, catalog.named(e.name), e) for e in entries]
+    if args.json:
+        print(json.dumps(items, indent=1))
+        return 0
+    rows = [(i["name"], i["family"], i["res"], f"{i['params'] / 1e6:.2f}", f"{i['gmacs']:.2f}",
+             i["published_params_m"] or "", i["published_gmacs"] or "",
+             _pct(i["params"] / 1e6, i["published_params_m"]), _pct(i["gmacs"], i["published_gmacs"]))
+            for i in items]
+    print(render(["name", "family", "res", "params(M)", "GMACs", "pub.params", "pub.GMACs", "d.params", "d.GMACs"],
+                 rows, "<<>>>>>>>"))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    spec = catalog.resolve(args.ref)
+    name = args.ref if not args.ref.lstrip().startswith("@") else spec.arch_id
+    base = None if args.ref.lstrip().startswith("@") else args.ref.split("@")[0].strip()
+    entry = catalog.entries().get(base) if base else None
+    info = _summary(name, spec, entry, args.classes, args.in_chans)
+    rep = cost(spec, args.classes, args.in_chans)
+    stages = [{"stage": r.name, "block": r.block, "depth": r.depth, "res": f"{r.h}x{r.w}", "channels": r.channels,
+               "params": r.params, "macs": r.macs, "acts": r.acts} for r in rep.rows]
+    if args.json:
+        print(json.dumps({**info, "stages": stages}, indent=1))
+        return 0
+    print(f"{info['name']}  ({info['family']}, arch_id {info['arch_id']})")
+    print(f"  {info['text']}")
+    if entry and entry.timm:
+        print(f"  reference: timm {entry.timm}")
+    print()
+    rows = [(s["stage"], s["block"], s["depth"], s["res"], s["channels"], f"{s['params'] / 1e6:.3f}",
+             f"{s['macs'] / 1e9:.3f}") for s in stages]
+    rows.append(("total", "", "", "", "", f"{rep.params / 1e6:.3f}", f"{rep.gmacs:.3f}"))
+    print(render(["stage", "block", "depth", "out res", "channels", "params(M)", "GMACs"], rows, "<<>>>>>"))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from lab.bench import compare
+
+    result = compare(args.ref, res=args.res, batch=args.batch, device=args.device, steps=args.steps,
+                     rounds=args.rounds, vs_timm=args.vs == "timm", channels_last=args.channels_last)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    rows = [(who, f"{m['train_ips']:.1f}", f"{m['infer_ips']:.1f}", f"{m['peak_mb']:.0f}")
+            for who, m in result["runs"].items()]
+    print(f"{args.ref} at {result['res']}px, batch {args.batch}, {result['device']}, median of {args.rounds} rounds")
+    print(render(["model", "train img/s", "infer img/s", "peak MB"], rows, "<>>>"))
+    if "ratio" in result:
+        r = result["ratio"]
+        print(f"lab/timm: train {r['train']:.3f}x, inference {r['infer']:.3f}x, peak memory {r['peak']:.3f}x")
+    return 0
+
+
+def run_kinds(args: argparse.Namespace) -> int:
+    from lab.kinds import REGISTRY
+
+    for role in ("op", "block"):
+        print(f"{role}s:")
+        for name, cls in sorted(REGISTRY.items()):
+            if cls.role != role:
+                continue
+            params = ", ".join(f"{p}={'-' if d is None else d}" for p, d, _ in cls.params_doc())
+            print(f"  {name}({params})" if params else f"  {name}")
+            print(f"      {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return 0

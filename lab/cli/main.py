@@ -1,0 +1,43 @@
+"""Entry point of the `lab` command. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lab.errors import LabError
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`lab: error: ...`) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def make_parser() -> ArgParser:
+    from lab.cli import arch
+
+    parser = ArgParser(prog="lab", description="A neural-architecture search and scaling lab for vision models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
+    sub.required = True
+    arch.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except LabError as e:
+        print(f"lab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
