@@ -29,6 +29,30 @@ class Net(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class ToTokens(nn.Module):
+    """(B, C, H, W) map -> (B, H*W, C) tokens."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+class ToMap(nn.Module):
+    """(B, H*W, C) tokens -> (B, C, H, W) map."""
+
+    def __init__(self, h: int, w: int):
+        super().__init__()
+        self.h, self.w = h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.h, self.w)
+
+
+def _converter(step) -> list[nn.Module]:
+    if step.convert is None:
+        return []
+    return [ToTokens()] if step.convert == "nchw->nlc" else [ToMap(step.shape_in.h, step.shape_in.w)]
+
+
 class StageModule(nn.Module):
     def __init__(self, down: nn.Module, blocks: nn.Sequential):
         super().__init__()
@@ -49,11 +73,12 @@ def build(spec: Spec, num_classes: int = 1000, in_chans: int = 3, drop_path: flo
     done = 0
     for step in steps(spec, num_classes, in_chans):
         if step.section == "stem":
-            stem.append(step.element.build(step.shape_in, step.ctx))
+            stem += _converter(step) + [step.element.build(step.shape_in, step.ctx)]
         elif step.section == "down":
-            down.append(step.element.build(step.shape_in, step.ctx))
+            down += _converter(step) + [step.element.build(step.shape_in, step.ctx)]
         elif step.section == "stage":
             st = spec.stages[step.stage]
+            down += _converter(step)
             units = st.block.build_stage(step.shape_in, st.width, st.depth, st.stride,
                                          rates[done:done + st.depth])
             done += st.depth
@@ -61,5 +86,5 @@ def build(spec: Spec, num_classes: int = 1000, in_chans: int = 3, drop_path: flo
             down = []
             num_features = step.shape_out.c
         else:
-            head.append(step.element.build(step.shape_in, step.ctx))
+            head += _converter(step) + [step.element.build(step.shape_in, step.ctx)]
     return Net(nn.Sequential(*stem), nn.Sequential(*stages), nn.Sequential(*head), num_features)

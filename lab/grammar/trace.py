@@ -6,10 +6,12 @@ exactly what is built.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from lab.errors import SpecError
 from lab.kinds import Context, Cost, Kind, Shape
+from lab.kinds.base import ANY, NCHW
 
 if TYPE_CHECKING:
     from lab.grammar.spec import Spec
@@ -23,7 +25,19 @@ class Step(NamedTuple):
     shape_in: Shape
     shape_out: Shape
     cost: Cost
-    ctx: Context
+    ctx: Context  # ctx.layout: the layout the element receives (after any conversion)
+    convert: str | None  # "nchw->nlc" or "nlc->nchw" when the walk converts before the element
+
+
+def _enter(element: Kind, s: Shape, layout: str, path: str) -> tuple[str, str | None]:
+    """The layout an element receives, and the conversion needed to get there."""
+    need = element.layout
+    if need == ANY or need == layout:
+        return layout, None
+    if need == NCHW and s.t:
+        raise SpecError(f"{element.kind} works on maps, but the tokens carry {s.t} prefix token(s) "
+                        "(class/distillation) that a map cannot hold", path)
+    return need, f"{layout}->{need}"
 
 
 def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Step, ...]:
@@ -31,15 +45,19 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
     steps: list[Step] = []
     s = Shape(in_chans, spec.res, spec.res)
     ctx = Context(num_classes, in_chans)
+    layout = NCHW
 
     def op_step(op, path: str, section: str, stage: int | None, c: Context) -> None:
-        nonlocal s
+        nonlocal s, layout
+        layout, convert = _enter(op, s, layout, path)
+        if layout != c.layout:
+            c = replace(c, layout=layout)
         try:
             out, cost = op.shape(s, c)
         except SpecError as e:
             raise e.at(path) from None
-        steps.append(Step(path, section, op, stage, s, out, cost, c))
-        s = out
+        steps.append(Step(path, section, op, stage, s, out, cost, c, convert))
+        s, layout = out, op.layout_out(layout)
 
     for i, op in enumerate(spec.stem):
         op_step(op, f"stem[{i}]", "stem", None, ctx)
@@ -49,6 +67,8 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
             for j, op in enumerate(st.down):
                 op_step(op, f"stages[{si}].down[{j}]", "down", si, down_ctx)
         path = f"stages[{si}]"
+        layout, convert = _enter(st.block, s, layout, f"{path}.block")
+        block_ctx = ctx if layout == ctx.layout else replace(ctx, layout=layout)
         try:
             out, cost = st.block.stage(s, st.width, st.depth, st.stride)
         except SpecError as e:
@@ -56,8 +76,8 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
         if out.h < 1 or out.w < 1:
             raise SpecError(f"resolution collapses below 1 pixel ({s.h}x{s.w} in, stride {st.stride})",
                             f"{path}.stride")
-        steps.append(Step(path, "stage", st.block, si, s, out, cost, ctx))
-        s = out
+        steps.append(Step(path, "stage", st.block, si, s, out, cost, block_ctx, convert))
+        s, layout = out, st.block.layout_out(layout)
     for i, op in enumerate(spec.head):
         op_step(op, f"head[{i}]", "head", None, ctx)
     if spec.head[-1].kind != "fc":

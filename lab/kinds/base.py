@@ -19,11 +19,13 @@ from lab.errors import SpecError
 
 
 class Shape(NamedTuple):
-    """A feature map entering or leaving an element: channels and spatial size (per image)."""
+    """A feature map entering or leaving an element, per image: channels, spatial grid, and the
+    prefix tokens (class, distillation) carried in front of the grid's tokens."""
 
     c: int
     h: int
     w: int
+    t: int = 0
 
 
 class Cost(NamedTuple):
@@ -50,6 +52,7 @@ class Context:
     num_classes: int = 1000
     in_chans: int = 3
     width: int | None = None  # the stage width, inside a stage transition
+    layout: str = "nchw"  # the layout the element receives (for kinds that accept either)
 
 
 # --- cost helpers shared by kinds -------------------------------------------------------
@@ -147,12 +150,20 @@ def register(cls: type["Kind"]) -> type["Kind"]:
     return cls
 
 
+NCHW, NLC, ANY = "nchw", "nlc", "any"
+
+
 class Kind:
-    """Base of every grammar element. Subclasses declare fields with :func:`param`."""
+    """Base of every grammar element. Subclasses declare fields with :func:`param`.
+
+    `layout` is the tensor layout the element works in: ``nchw`` maps (B, C, H, W), ``nlc``
+    tokens (B, prefix + H*W, C), or ``any`` (it adapts). The walk converts between layouts
+    where needed, free of cost; a map cannot be made of tokens that carry prefix tokens.
+    """
 
     kind: ClassVar[str]
     role: ClassVar[str]  # "op" or "block"
-    doc: ClassVar[str] = ""
+    layout: ClassVar[str] = NCHW
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -166,6 +177,10 @@ class Kind:
         """Parameters that differ from their defaults, in declaration order (the canonical form)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) != f.default}
+
+    def layout_out(self, layout_in: str) -> str:
+        """The layout this element hands on, given the one it received."""
+        return layout_in if self.layout == ANY else self.layout
 
     def widen(self, m: float) -> "Kind":
         """This element under a width multiplier (kinds with channel counts override)."""
