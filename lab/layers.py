@@ -20,9 +20,9 @@ class StdConv2d(nn.Conv2d):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        w = F.batch_norm(w.reshape(1, w.shape[0], -1), None, None, training=True, momentum=0.0,
-                         eps=self.eps).reshape_as(w)
+        w = self.weight  # standardized per filter (biased variance, as timm's batch_norm trick)
+        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, correction=0)
+        w = (w - mean) * torch.rsqrt(var + self.eps)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -69,9 +69,9 @@ def make_norm(kind: str, c: int, groups: int = 32) -> nn.Module:
 ACTS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
-def make_act(kind: str) -> nn.Module:
+def make_act(kind: str, inplace: bool = True) -> nn.Module:
     cls = ACTS[kind]
-    return cls() if cls is nn.GELU else cls(inplace=True)
+    return cls() if cls is nn.GELU else cls(inplace=inplace)
 
 
 def init_conv_(m: nn.Module) -> None:

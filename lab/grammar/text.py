@@ -263,4 +263,4 @@ def parse(text: str) -> Spec:
         raise SpecError(f"expected grammar text, got {type(text).__name__}")
     if "\n" in text.strip():
         raise SpecError("grammar text is one line", col=text.index("\n") + 1)
-    return _Parser(text.strip()).spec()
+    return _Parser(text).spec()

@@ -29,6 +29,9 @@ class Step(NamedTuple):
     convert: str | None  # "nchw->nlc" or "nlc->nchw" when the walk converts before the element
 
 
+_INPLACE_AFTER = frozenset({"bn", "gn", "ln", "conv"})
+
+
 def _enter(element: Kind, s: Shape, layout: str, path: str) -> tuple[str, str | None]:
     """The layout an element receives, and the conversion needed to get there."""
     need = element.layout
@@ -50,8 +53,12 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
     def op_step(op, path: str, section: str, stage: int | None, c: Context) -> None:
         nonlocal s, layout
         layout, convert = _enter(op, s, layout, path)
-        if layout != c.layout:
-            c = replace(c, layout=layout)
+        # an activation may work in place only on the output of a norm or conv, whose backward
+        # does not need it (a ReLU's or a block's output is saved for their backward)
+        inplace = (convert is None and bool(steps) and steps[-1].section != "stage"
+                   and steps[-1].element.kind in _INPLACE_AFTER)
+        if layout != c.layout or inplace != c.inplace:
+            c = replace(c, layout=layout, inplace=inplace)
         try:
             out, cost = op.shape(s, c)
         except SpecError as e:

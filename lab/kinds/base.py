@@ -53,6 +53,7 @@ class Context:
     in_chans: int = 3
     width: int | None = None  # the stage width, inside a stage transition
     layout: str = "nchw"  # the layout the element receives (for kinds that accept either)
+    inplace: bool = False  # may an activation overwrite its input? (its producer does not need it)
 
 
 # --- cost helpers shared by kinds -------------------------------------------------------
@@ -84,8 +85,17 @@ def gn_groups(c: int, groups: int = 32) -> int:
     return math.gcd(c, groups)
 
 
-def block_norm_cost(norm: str, c: int) -> Cost:
-    """A block's norm (bn or gn) on `c` channels."""
+def check_gn(c: int, hw: int, groups: int = 32) -> None:
+    """GroupNorm normalizes each group over its channels and pixels: it needs more than one value."""
+    if (c // gn_groups(c, groups)) * hw < 2:
+        raise SpecError(f"GroupNorm on {c} channels in {gn_groups(c, groups)} groups at {hw} pixel(s) "
+                        "normalizes single values: widen the stage or keep a larger map", "norm")
+
+
+def block_norm_cost(norm: str, c: int, hw: int) -> Cost:
+    """A block's norm (bn or gn) on `c` channels over `hw` pixels."""
+    if norm == "gn":
+        check_gn(c, hw)
     return norm_cost(c)
 
 

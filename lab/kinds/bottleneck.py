@@ -75,9 +75,9 @@ class Bottleneck(Block):
         groups = self.groups(mid)
         h, w = out_size(s.h, 3, stride, 1), out_size(s.w, 3, stride, 1)
         n = self.norm
-        cost = (conv_cost(s.c, mid, 1, s.h, s.w) + block_norm_cost(n, mid)
-                + conv_cost(mid, mid, 3, h, w, groups) + block_norm_cost(n, mid)
-                + conv_cost(mid, width, 1, h, w) + block_norm_cost(n, width)
+        cost = (conv_cost(s.c, mid, 1, s.h, s.w) + block_norm_cost(n, mid, s.h * s.w)
+                + conv_cost(mid, mid, 3, h, w, groups) + block_norm_cost(n, mid, h * w)
+                + conv_cost(mid, width, 1, h, w) + block_norm_cost(n, width, h * w)
                 + shortcut_cost(s.c, width, stride, h, w))
         if self.se:
             cost = cost + se_cost(mid, self.se_width(s.c))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import (ZERO, Context, Cost, Op, Shape, conv_cost, gn_groups, norm_cost, out_size, param,
+from lab.kinds.base import (ZERO, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost, out_size, param,
                             register, round_channels)
 from lab.layers import LayerNorm2d, make_act, make_conv
 
@@ -93,6 +93,13 @@ class GroupNorm(_Norm):
     kind = "gn"
     g: int = param(32, lo=1, hi=4096, doc="groups (gcd with the channels is used)")
 
+    def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        try:
+            check_gn(s.c, s.h * s.w, self.g)
+        except SpecError as e:
+            raise SpecError(e.message, "g") from None
+        return s, norm_cost(s.c)
+
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return nn.GroupNorm(gn_groups(s.c, self.g), s.c)
 
@@ -113,7 +120,7 @@ class _Act(Op):
         return s, ZERO
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return make_act(self.kind)
+        return make_act(self.kind, inplace=ctx.inplace)
 
 
 @register

@@ -52,8 +52,9 @@ class PreAct(Block):
         mid = split_width(width, self.e)
         h, w = out_size(s.h, 3, stride, 1), out_size(s.w, 3, stride, 1)
         n = self.norm
-        cost = (block_norm_cost(n, s.c) + conv_cost(s.c, mid, 1, s.h, s.w) + block_norm_cost(n, mid)
-                + conv_cost(mid, mid, 3, h, w) + block_norm_cost(n, mid) + conv_cost(mid, width, 1, h, w)
+        cost = (block_norm_cost(n, s.c, s.h * s.w) + conv_cost(s.c, mid, 1, s.h, s.w)
+                + block_norm_cost(n, mid, s.h * s.w) + conv_cost(mid, mid, 3, h, w)
+                + block_norm_cost(n, mid, h * w) + conv_cost(mid, width, 1, h, w)
                 + shortcut_cost(s.c, width, stride, h, w, norm=False))
         return Shape(width, h, w), cost
 

@@ -1,0 +1,151 @@
+"""Hypothesis strategies for random grammar points.
+
+`spec_texts()` draws raw grammar text: a random stem, one to four stage groups of random block
+kinds, depths, widths, strides and transitions, and a random head. The text is deliberately not
+canonical (parameters shuffled, defaults sometimes spelled out, spacing varied, runs of the
+same block split into separate groups) so that parsing and formatting have work to do.
+`specs()` parses it and rejects the draws that are not valid points (SpecError): the strategy
+aims at valid points, and the grammar is the judge. Resolutions (16..64) and widths (8..96)
+stay small so that every drawn point builds into a tiny model.
+"""
+
+from __future__ import annotations
+
+from hypothesis import assume
+from hypothesis import strategies as st
+
+import lab
+
+WIDTHS = (8, 16, 24, 32, 48, 64, 96)
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+@st.composite
+def _call(draw, name: str, params: dict, defaults: dict | None = None) -> str:
+    """`name(k=v,...)` with the parameters shuffled, defaults sometimes written out, spacing varied."""
+    items = [(k, v) for k, v in params.items() if v is not None]
+    for k, v in (defaults or {}).items():
+        if k not in params and draw(st.integers(0, 3)) == 0:
+            items.append((k, v))  # an explicit default: canonical text leaves it out
+    if not items:
+        return name
+    items = draw(st.permutations(items))
+    sp = draw(st.sampled_from(["", "", " "]))
+    return f"{name}({f',{sp}'.join(f'{k}={_value(v)}' for k, v in items)})"
+
+
+def _maybe(draw, strategy, p_none: int = 1):
+    """None with probability about 1 / (p_none + 1)."""
+    return None if draw(st.integers(0, p_none)) == 0 else draw(strategy)
+
+
+@st.composite
+def _stem(draw) -> str:
+    k = draw(st.sampled_from([1, 2, 3, 4, 5, 7]))
+    s = draw(st.sampled_from(sorted({1, 2, k if k <= 4 else 2})))
+    conv = draw(_call("conv", {"c": draw(st.sampled_from(WIDTHS)), "k": k, "s": s,
+                               "p": _maybe(draw, st.integers(0, k // 2), 2),
+                               "bias": draw(st.booleans()), "ws": draw(st.booleans())}, {"g": 1}))
+    ops = [op for op in (draw(st.sampled_from([None, None, None, "bn", "relu", "pad", "ln"])), conv) if op]
+    norm = draw(st.sampled_from([None, "bn", "ln", "gn"]))
+    if norm == "gn":
+        norm = draw(_call("gn", {"g": draw(st.sampled_from([1, 2, 4, 8]))}))
+    act = draw(st.sampled_from([None, "relu", "silu", "gelu"]))
+    pool = draw(st.sampled_from([None, None, "maxpool", "maxpool(k=2,p=0)", "avgpool", "pad,maxpool(p=0)"]))
+    return ",".join(op for op in ops + [norm, act, pool] if op)
+
+
+@st.composite
+def _block(draw, kind: str) -> str:
+    if kind == "basic":
+        return "basic"
+    if kind == "bottleneck":
+        params = {"e": draw(st.sampled_from([1, 2, 4, 2.0, 0.5])), "se": draw(st.sampled_from([None, 0.25, 0.5])),
+                  "norm": draw(st.sampled_from([None, None, "gn"])), "ws": draw(st.sampled_from([None, True]))}
+        grouping = draw(st.sampled_from(["none", "g", "gw"]))
+        if grouping == "g":
+            params["g"] = draw(st.sampled_from([2, 4]))
+        elif grouping == "gw":
+            params["gw"] = draw(st.sampled_from([2, 4, 8]))
+        return draw(_call("bottleneck", params, {"e": 4.0, "se": 0.0}))
+    if kind == "preact":
+        return draw(_call("preact", {"e": draw(st.sampled_from([1, 2, 4])), "norm": draw(st.sampled_from([None, "bn"])),
+                                     "ws": draw(st.sampled_from([None, False]))}, {"norm": "gn", "ws": True}))
+    if kind == "dense":
+        return draw(_call("dense", {"bn": draw(st.sampled_from([None, 1, 2]))}, {"bn": 4}))
+    if kind == "convnext":
+        return draw(_call("convnext", {"k": draw(st.sampled_from([None, 3, 5])), "mlp": draw(st.sampled_from([None, 1, 2.5])),
+                                       "ls": draw(st.sampled_from([None, 0.0, 0.1]))}, {"k": 7, "ls": 1e-6}))
+    return draw(_call("mbconv", {"e": draw(st.sampled_from([None, 1, 2, 3, 1.5])), "k": draw(st.sampled_from([None, 1, 5])),
+                                 "se": draw(st.sampled_from([None, 0.0, 0.5]))}, {"e": 6.0, "se": 0.25}))
+
+
+TRANSITIONS = ("/(bn,relu,conv(k=1,r=0.5),avgpool)", "/avgpool", "/(ln,conv(k=2,s=2))", "/conv(k=1)",
+               "/(bn,conv(k=3,s=2))", "/maxpool")
+
+
+@st.composite
+def _stage(draw, kind: str, first: bool, prev_width: int | None) -> tuple[str, int]:
+    depth = draw(st.integers(1, 3))
+    if kind == "dense":
+        width = draw(st.sampled_from([4, 8, 12]))
+    elif kind == "convnext" and not first and draw(st.booleans()):
+        return f"{depth}x{prev_width}", prev_width  # same width, no transition
+    else:
+        width = draw(st.sampled_from(WIDTHS))
+    if kind == "convnext":  # a convnext stage changes width only through a transition op
+        trans = draw(st.sampled_from(["/(ln,conv(k=2,s=2))", "/conv(k=1)", "/(bn,conv(k=3,s=2))"]))
+    elif kind == "dense":  # dense stages keep their resolution
+        trans = draw(st.sampled_from(["", "", "/(bn,relu,conv(k=1,r=0.5),avgpool)", "/avgpool", "/conv(k=1)"]))
+    else:
+        trans = draw(st.sampled_from(["", "", "/2", "/2", "/3"] + list(TRANSITIONS)))
+    return f"{depth}x{width}{trans}", width
+
+
+@st.composite
+def _group(draw) -> str:
+    kind = draw(st.sampled_from(["basic", "bottleneck", "preact", "dense", "convnext", "mbconv"]))
+    block = draw(_block(kind))
+    stages, width = [], None
+    for i in range(draw(st.integers(1, 2))):
+        text, width = draw(_stage(kind, i == 0, width))
+        stages.append(text)
+    sep = draw(st.sampled_from([", ", ",", " , "]))
+    return f"{block} {sep.join(stages)}"
+
+
+@st.composite
+def _head(draw) -> str:
+    pre = draw(st.lists(st.sampled_from(["bn", "relu", "gn(g=1)", "conv(c=16,k=1)", "silu"]), max_size=2))
+    post = draw(st.lists(st.sampled_from(["ln", "drop(p=0.2)", "drop", "conv(c=8,k=1)", "gelu"]), max_size=2))
+    fc = draw(st.sampled_from(["fc", "fc", "fc(bias=0)", "fc(bias=1)"]))
+    return ",".join(pre + ["gap"] + post + [fc])
+
+
+@st.composite
+def spec_texts(draw) -> str:
+    """Raw (non-canonical) grammar text of a small point; it may be invalid."""
+    res = draw(st.integers(16, 64))
+    groups = draw(st.lists(_group(), min_size=1, max_size=4))
+    sep = draw(st.sampled_from([" | ", "|", "  |  "]))
+    return sep.join([f"@{res}", draw(_stem()), *groups, draw(_head())])
+
+
+@st.composite
+def texts_and_specs(draw) -> tuple[str, lab.Spec]:
+    """A raw text and the valid point it parses to (invalid draws are rejected)."""
+    text = draw(spec_texts())
+    try:
+        spec = lab.parse(text)
+    except lab.SpecError:
+        assume(False)
+    return text, spec
+
+
+def specs() -> st.SearchStrategy[lab.Spec]:
+    return texts_and_specs().map(lambda ts: ts[1])

@@ -1,0 +1,57 @@
+"""Helpers shared by the tests: the catalog, the reference table, and measuring built modules."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import lab
+
+REFERENCE_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "architectures.csv"
+
+# Named architectures too large to train-step at full width in the default run (they get w=0.25 there,
+# full width under -m slow).
+GIANTS = ("bit_r101x3", "bit_r152x4", "wide_resnet101_2", "resnext101_32x8d", "convnext_l",
+          "efficientnet_b6", "efficientnet_b7", "regnety_16gf")
+
+
+def catalog_entries() -> dict:
+    """The named-architecture catalog (name -> entry with .timm), wherever `lab.resolve` lives."""
+    return importlib.import_module(lab.resolve.__module__).entries()
+
+
+def reference_rows() -> dict[str, dict[str, str]] | None:
+    """name -> row of the reference table (params_reference, gmacs_reference, ...), None if absent."""
+    if not REFERENCE_CSV.is_file():
+        return None
+    with REFERENCE_CSV.open(newline="") as f:
+        return {row["name"]: row for row in csv.DictReader(f)}
+
+
+def meta_model(spec: lab.Spec, num_classes: int = 1000, in_chans: int = 3) -> torch.nn.Module:
+    """`spec` built on the meta device (no memory, no compute), in eval mode."""
+    with torch.device("meta"):
+        return lab.build(spec, num_classes=num_classes, in_chans=in_chans).eval()
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def measured_cost(model: torch.nn.Module, in_chans: int, res: int) -> tuple[float, int]:
+    """Per-image multiply-accumulates as torch counts them (FLOPs / 2) and activations (elements
+    written by conv and linear layers), from one forward pass of a batch of two on meta tensors."""
+    batch, written = 2, []
+    hooks = [m.register_forward_hook(lambda m, i, out: written.append(out.numel()))
+             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.empty(batch, in_chans, res, res, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return counter.get_total_flops() / 2 / batch, sum(written) // batch

@@ -1,0 +1,64 @@
+"""The analytic cost model against the module the builder makes: params exactly, MACs against
+torch's FlopCounterMode (which counts 2 FLOPs per multiply-accumulate), activations against the
+outputs of the built conv and linear layers. All on the meta device."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lab
+from strategies import specs
+from support import measured_cost, meta_model, n_params
+
+CONFIGS = pytest.mark.parametrize("num_classes, in_chans", [(1000, 3), (10, 1)], ids=["imagenet", "10cls-gray"])
+
+
+def assert_cost_matches_build(spec: lab.Spec, num_classes: int, in_chans: int) -> None:
+    report = lab.cost(spec, num_classes=num_classes, in_chans=in_chans)
+    model = meta_model(spec, num_classes, in_chans)
+    macs, acts = measured_cost(model, in_chans, spec.res)
+    assert report.params == n_params(model)
+    assert report.macs == pytest.approx(macs, rel=0.005)
+    assert report.acts == acts
+    # the per-section rows add up, and each matches its part of the module
+    assert sum(r.params for r in report.rows) == report.params
+    assert sum(r.macs for r in report.rows) == report.macs
+    parts = [model.stem, *model.stages, model.head]
+    assert [r.name for r in report.rows] == ["stem", *[f"stage {i + 1}" for i in range(len(spec.stages))], "head"]
+    assert [r.params for r in report.rows] == [n_params(p) for p in parts]
+
+
+@CONFIGS
+@pytest.mark.parametrize("name", lab.names())
+def test_named_cost_matches_build(name, num_classes, in_chans):
+    assert_cost_matches_build(lab.resolve(f"{name}@64px"), num_classes, in_chans)
+
+
+@settings(max_examples=40, deadline=None)
+@given(specs(), st.sampled_from([(1000, 3), (10, 1), (7, 4), (1, 3)]))
+def test_random_cost_matches_build(spec, config):
+    assert_cost_matches_build(spec, *config)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(lab.names()), st.floats(0.05, 2.0), st.floats(0.1, 2.0), st.sampled_from([32, 40, 64]))
+def test_scaled_variants_are_valid_and_costed_right(name, w, d, res):
+    spec = lab.resolve(f"{name}@{res}px,w={w:.3f},d={d:.3f}")
+    assert spec.res == res
+    assert_cost_matches_build(spec, 10, 3)
+
+
+def test_cost_needs_no_module():
+    """The analytic cost is cheap: a giant is costed without building anything."""
+    report = lab.cost(lab.named("bit_r152x4"))
+    assert report.params > 10**8 and report.gmacs == report.macs / 1e9
+    assert report.acts > 0
+
+
+def test_cost_scales_with_resolution():
+    """Params do not depend on the input size; MACs of a conv net grow with the pixel count."""
+    a, b = lab.resolve("resnet50@64px"), lab.resolve("resnet50@128px")
+    assert lab.cost(a).params == lab.cost(b).params
+    assert lab.cost(b).macs / lab.cost(a).macs == pytest.approx(4, rel=0.05)
