@@ -98,6 +98,15 @@ def test_group_norm_over_single_values_is_invalid(text, path):
     assert err.value.path == path and "GroupNorm" in err.value.message
 
 
+@settings(max_examples=25, deadline=None)
+@given(specs())
+def test_random_inference_on_a_single_image(spec):
+    """Every valid point runs in eval mode on a batch of one (no norm is left with a single value)."""
+    model = lab.build(spec, num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, spec.res, spec.res)).shape == (1, 10)
+
+
 def test_inference_on_a_single_image():
     model = lab.build(lab.parse("@32 | conv(c=32,k=3,s=2) | preact(e=1) 1x32/2, 1x32/2 | gn,relu,gap,fc"),
                       num_classes=10).eval()
