@@ -11,6 +11,8 @@ stay small so that every drawn point builds into a tiny model.
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import assume
 from hypothesis import strategies as st
 
@@ -149,3 +151,32 @@ def texts_and_specs(draw) -> tuple[str, lab.Spec]:
 
 def specs() -> st.SearchStrategy[lab.Spec]:
     return texts_and_specs().map(lambda ts: ts[1])
+
+
+@st.composite
+def verbose_texts(draw, spec: lab.Spec) -> str:
+    """Another spelling of `spec`, written without lab's formatter: every parameter spelled out
+    (defaults included) in shuffled order, every stage in a group of its own, random blanks."""
+
+    def blank() -> str:
+        return draw(st.sampled_from(["", "", " ", "  "]))
+
+    def element(kind) -> str:
+        items = [(f.name, getattr(kind, f.name)) for f in dataclasses.fields(kind)
+                 if getattr(kind, f.name) is not None]  # None (no value) cannot be written
+        if not items:
+            return kind.kind
+        items = draw(st.permutations(items))
+        return f"{kind.kind}({blank()}{f',{blank()}'.join(f'{k}{blank()}={blank()}{_value(v)}' for k, v in items)})"
+
+    def ops(seq) -> str:
+        return f"{blank()},{blank()}".join(element(op) for op in seq)
+
+    groups = []
+    for st_ in spec.stages:
+        trans = f"/{st_.stride}" if st_.stride != 1 else ""
+        if st_.down:
+            trans = f"/({ops(st_.down)})" if len(st_.down) > 1 or draw(st.booleans()) else f"/{element(st_.down[0])}"
+        groups.append(f"{element(st_.block)} {st_.depth}x{st_.width}{blank()}{trans}")
+    sep = f"{blank()}|{blank()}"
+    return sep.join([f"@{blank()}{spec.res}", ops(spec.stem), *groups, ops(spec.head)])

@@ -30,14 +30,16 @@ def test_catalog():
 @pytest.mark.parametrize("num_classes, in_chans", [(1000, 3), (10, 1)], ids=["imagenet", "10cls-gray"])
 @pytest.mark.parametrize("name", NAMES)
 def test_cost_matches_timm(name, num_classes, in_chans):
-    """Analytic params equal timm's model exactly; analytic MACs equal torch's count on it."""
+    """Analytic params equal timm's model exactly; MACs and activations equal torch's count on it."""
     spec = lab.named(name)
     report = lab.cost(spec, num_classes=num_classes, in_chans=in_chans)
     with torch.device("meta"):
         ref = timm.create_model(catalog_entries()[name].timm, pretrained=False, num_classes=num_classes,
                                 in_chans=in_chans).eval()
+    macs, acts = measured_cost(ref, in_chans, spec.res)
     assert report.params == n_params(ref)
-    assert report.macs == pytest.approx(measured_cost(ref, in_chans, spec.res)[0], rel=0.005)
+    assert report.macs == pytest.approx(macs, rel=0.005)
+    assert report.acts == acts
 
 
 def test_reference_table_covers_named():
