@@ -75,5 +75,5 @@ def cost(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Report:
             st = spec.stages[group[-1].stage]
             label, depth = format_kind(st.block), st.depth
         rows.append(Row(name, label, depth, out.c, out.h, out.w, c.params, c.macs, c.acts))
-    total = sum((r_cost for r_cost in (Cost(r.params, r.macs, r.acts) for r in rows)), Cost())
+    total = totals(spec, num_classes, in_chans)
     return Report(total.params, total.macs, total.acts, tuple(rows))

@@ -211,8 +211,8 @@ class _Parser:
             self.expect("|", "'|' or ',' between sections" if self.peek() else "'|' and a head (like | gap,fc)")
             self.ws()
             start = self.i
-            first = self.call("block" if self.starts_group() else "op",
-                              f"stages[{len(stages)}].block" if self.starts_group() else "head[0]")
+            group = self.starts_group()
+            first = self.call("block" if group else "op", f"stages[{len(stages)}].block" if group else "head[0]")
             if self.starts_stage():
                 group_cols = {k.split(".")[-1]: v for k, v in self.cols.items()
                               if k.startswith(f"stages[{len(stages)}].block.")}
