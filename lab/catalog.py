@@ -1,7 +1,8 @@
 """Named architectures are data: ``search_spaces/named.yaml`` maps each name to grammar text.
 
 A reference to a point may carry multipliers: ``resnet50@32px,w=0.25,d=0.5`` is ResNet-50 at
-32 px input with a quarter of its widths and half its depths; it is a grammar point like any other.
+32 px input with a quarter of its widths and half its depths; ``vit_s16@32px,p=4`` is ViT-S with
+4 px patches at 32 px (an 8 x 8 token grid). Each is a grammar point like any other.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Entry:
     name: str
     family: str
     text: str
-    timm: str | None = None
+    timm: str | None = None  # the timm model it reproduces, where timm has one
+    reference: str | None = None  # else the implementation its counts come from
     published_params_m: float | None = None
     published_gmacs: float | None = None
 
@@ -52,7 +54,10 @@ def entries() -> dict[str, Entry]:
         else:
             raise LabError(f"{path}: {name}: give text or one generator ({', '.join(GENERATORS)})")
         pub = e.get("published") or {}
-        out[name] = Entry(name, e["family"], text, e.get("timm"), pub.get("params_m"), pub.get("gmacs"))
+        if not (e.get("timm") or e.get("reference")):
+            raise LabError(f"{path}: {name}: give the timm model it reproduces, or a reference")
+        out[name] = Entry(name, e["family"], text, e.get("timm"), e.get("reference"), pub.get("params_m"),
+                          pub.get("gmacs"))
     return out
 
 
@@ -71,12 +76,12 @@ def named(name: str) -> Spec:
     return parse(e.text)
 
 
-_MOD = re.compile(r"^(?:(\d+)px|([wd])=([0-9]*\.?[0-9]+))$")
+_MOD = re.compile(r"^(?:(\d+)px|([wd])=([0-9]*\.?[0-9]+)|p=(\d+))$")
 
 
 def resolve(ref: str) -> Spec:
     """A Spec from grammar text (``@224 | ...``) or a name with optional multipliers
-    (``swin_t``, ``resnet50@32px``, ``resnet50@32px,w=0.25,d=0.5``)."""
+    (``swin_t``, ``resnet50@32px``, ``resnet50@32px,w=0.25,d=0.5``, ``vit_s16@32px,p=4``)."""
     ref = ref.strip()
     if ref.startswith("@"):
         return parse(ref)
@@ -84,18 +89,20 @@ def resolve(ref: str) -> Spec:
     spec = named(name.strip())
     if not mods:
         return spec
-    res, w, d = None, 1.0, 1.0
+    res, w, d, p = None, 1.0, 1.0, None
     for mod in mods.split(","):
         m = _MOD.match(mod.strip())
         if not m:
-            raise SpecError(f"bad multiplier {mod.strip()!r} in {ref!r} (expected NNpx, w=F or d=F)")
+            raise SpecError(f"bad multiplier {mod.strip()!r} in {ref!r} (expected NNpx, w=F, d=F or p=N)")
         if m.group(1):
             res = int(m.group(1))
+        elif m.group(4):
+            p = int(m.group(4))
         elif m.group(2) == "w":
             w = float(m.group(3))
         else:
             d = float(m.group(3))
-    return scale(spec, width=w, depth=d, res=res)
+    return scale(spec, width=w, depth=d, res=res, patch=p)
 
 
 def family_of(spec: Spec) -> str:

@@ -19,6 +19,13 @@ GIANTS = ("bit_r101x3", "bit_r152x4", "wide_resnet101_2", "resnext101_32x8d", "c
           "efficientnet_b6", "efficientnet_b7", "regnety_16gf")
 
 
+def at_res(name: str, res: int) -> str:
+    """A reference to `name` at about `res` px: rounded down to a multiple of its patch size, if it
+    patchifies (ViT-H/14 and Mixer-H/14 run at 28 px where the others run at 32)."""
+    patch = next((op.p for op in lab.named(name).stem if op.kind == "patch"), 1)
+    return f"{name}@{res // patch * patch}px"
+
+
 def catalog_entries() -> dict:
     """The named-architecture catalog (name -> entry with .timm), wherever `lab.resolve` lives."""
     return importlib.import_module(lab.resolve.__module__).entries()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import lab
 from strategies import specs
-from support import GIANTS, n_params
+from support import GIANTS, at_res, n_params
 
 
 def train_step(spec: lab.Spec, num_classes: int = 10, in_chans: int = 3, drop_path: float = 0.0,
@@ -32,7 +32,7 @@ def train_step(spec: lab.Spec, num_classes: int = 10, in_chans: int = 3, drop_pa
 
 @pytest.mark.parametrize("name", lab.names())
 def test_named_train_step(name):
-    ref = f"{name}@32px" + (",w=0.25" if name in GIANTS else "")
+    ref = at_res(name, 32) + (",w=0.25" if name in GIANTS else "")
     spec = lab.resolve(ref)
     model = train_step(spec)
     assert n_params(model) == lab.cost(spec, num_classes=10).params
@@ -41,7 +41,7 @@ def test_named_train_step(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in GIANTS if n in lab.names()])
 def test_giant_train_step_full_width(name):
-    spec = lab.resolve(f"{name}@32px")
+    spec = lab.resolve(at_res(name, 32))
     model = train_step(spec)
     assert n_params(model) == lab.cost(spec, num_classes=10).params
 

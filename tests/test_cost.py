@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import lab
 from strategies import specs
-from support import measured_cost, meta_model, n_params
+from support import at_res, measured_cost, meta_model, n_params
 
 CONFIGS = pytest.mark.parametrize("num_classes, in_chans", [(1000, 3), (10, 1)], ids=["imagenet", "10cls-gray"])
 
@@ -51,7 +51,7 @@ def assert_cost_matches_build(spec: lab.Spec, num_classes: int, in_chans: int) -
 @CONFIGS
 @pytest.mark.parametrize("name", lab.names())
 def test_named_cost_matches_build(name, num_classes, in_chans):
-    assert_cost_matches_build(lab.resolve(f"{name}@64px"), num_classes, in_chans)
+    assert_cost_matches_build(lab.resolve(at_res(name, 64)), num_classes, in_chans)
 
 
 @settings(max_examples=40, deadline=None)

@@ -144,8 +144,14 @@ def test_arch_id_is_a_stable_hash_of_the_canonical_text(drawn):
 
 
 def test_named_arch_ids_are_distinct():
-    ids = {lab.named(n).arch_id for n in lab.names()}
-    assert len(ids) == len(set(lab.named(n).text for n in lab.names())) == len(lab.names())
+    """Different named points have different ids. DeiT is ViT's architecture with another training
+    recipe: deit_ti/s/b are the same points as vit_ti16/s16/b16, and the only names that share one."""
+    by_id: dict[str, set[str]] = {}
+    for n in lab.names():
+        by_id.setdefault(lab.named(n).arch_id, set()).add(n)
+    assert len(by_id) == len({lab.named(n).text for n in lab.names()})
+    shared = sorted(sorted(names) for names in by_id.values() if len(names) > 1)
+    assert shared == [["deit_b", "vit_b16"], ["deit_s", "vit_s16"], ["deit_ti", "vit_ti16"]]
 
 
 # --- malformed text -------------------------------------------------------------------------
@@ -240,6 +246,27 @@ MALFORMED = [
     ("newline-inside", "@32 | conv(c=16),bn\n | basic 1x16 | gap,fc", "\n", None),
     ("carriage-return-inside", "@32 | conv(c=16),bn\r| basic 1x16 | gap,fc", "\r", None),
     ("nul-byte", "@32 | conv(c=16),bn | basic 1x16 | gap,fc\x00", "\x00", None),
+    # token mixers
+    ("heads-not-dividing", "@32 | patch(p=4,c=64),cls,pos | mhsa(h=5) 1x64 | ln,token,fc", "h=5", "stages[0].block.h"),
+    ("head-width-not-dividing", "@32 | patch(p=4,c=64) | swin(hd=20) 1x64 | ln,gap,fc", "hd=20",
+     "stages[0].block.hd"),
+    ("h-and-hd", "@32 | patch(p=4,c=64) | mhsa(h=3,hd=16) 1x64 | ln,gap,fc", "hd=16", "stages[0].block.hd"),
+    ("even-na-kernel", "@32 | patch(p=4,c=64) | nat(k=4) 1x64 | ln,gap,fc", "k=4", "stages[0].block.k"),
+    ("oversized-na-kernel", "@32 | patch(p=4,c=64) | nat(k=65) 1x64 | ln,gap,fc", "k=65", "stages[0].block.k"),
+    ("patch-not-dividing", "@32 | patch(p=5,c=64),cls,pos | mhsa 1x64 | ln,token,fc", "p=5", "stem[0].p"),
+    ("patch-without-size", "@32 | patch(c=64),cls,pos | mhsa 1x64 | ln,token,fc", "patch(c=64)", "stem[0].p"),
+    ("patch-without-width", "@32 | patch(p=4),cls,pos | mhsa 1x64 | ln,token,fc", "patch(p=4)", "stem[0].c"),
+    ("pos-length-mismatch", "@32 | patch(p=4,c=64),cls,pos(n=64) | mhsa 1x64 | ln,token,fc", "n=64", "stem[2].n"),
+    ("token-pool-without-cls", "@32 | patch(p=4,c=64),pos | mhsa 1x64 | ln,token,fc", "token", "head[1]"),
+    ("distill-without-dist", "@32 | patch(p=4,c=64),cls,pos | mhsa 1x64 | ln,distill", "distill", "head[1]"),
+    ("two-classifiers", "@32 | patch(p=4,c=64),cls,dist,pos | mhsa 1x64 | ln,distill,fc", "distill", "head[1]"),
+    ("windows-with-cls", "@32 | patch(p=4,c=64),cls | swin 1x64 | ln,token,fc", "swin 1x64", "stages[0].block"),
+    ("map-from-prefixed-tokens", "@32 | patch(p=4,c=64),cls | mhsa 1x64 | ln,conv(c=8,k=1),gap,fc", "conv(c=8,k=1)",
+     "head[1]"),
+    ("mhsa-width-change", "@32 | patch(p=4,c=64) | mhsa 1x64, 1x128 | ln,gap,fc", "mhsa 1x64, 1x128",
+     "stages[1].block"),
+    ("merge-with-cls", "@32 | patch(p=4,c=64),cls | mhsa 1x64, 1x128/merge | ln,token,fc", "merge",
+     "stages[1].down[0]"),
     ("leading-space", "  @32 | conv(c=16,k=abc),bn | basic 1x16 | gap,fc", "abc", "stem[0].k"),
 ]
 

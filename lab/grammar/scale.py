@@ -1,10 +1,13 @@
-"""Multipliers: scaled variants of any point are points too (``resnet50@32px,w=0.25``)."""
+"""Multipliers: scaled variants of any point are points too (``resnet50@32px,w=0.25``,
+``vit_s16@32px,p=4``)."""
 
 from __future__ import annotations
 
 import math
 
 from lab.errors import SpecError
+from dataclasses import replace
+
 from lab.grammar.spec import Spec, Stage
 from lab.kinds.base import round_channels
 
@@ -13,9 +16,11 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
-def scale(spec: Spec, width: float = 1.0, depth: float = 1.0, res: int | None = None) -> Spec:
+def scale(spec: Spec, width: float = 1.0, depth: float = 1.0, res: int | None = None,
+          patch: int | None = None) -> Spec:
     """`spec` with every channel count times `width` (rounded to a multiple of 8 that the block
-    accepts), every stage depth times `depth` (rounded up) and input resolution `res`."""
+    accepts), every stage depth times `depth` (rounded up), input resolution `res`, and the
+    stem's patchify op taking `patch` x `patch` patches."""
     if not (0 < width <= 64):
         raise SpecError(f"width multiplier must be in (0, 64], got {width}", "w")
     if not (0 < depth <= 64):
@@ -28,5 +33,11 @@ def scale(spec: Spec, width: float = 1.0, depth: float = 1.0, res: int | None = 
         down = tuple(op.widen(width) for op in st.down) if width != 1 else st.down
         stages.append(Stage(block, d, w, st.stride, down))
     stem = tuple(op.widen(width) for op in spec.stem) if width != 1 else spec.stem
+    if patch is not None:
+        if not any(op.kind == "patch" for op in stem):
+            raise SpecError("the patch multiplier needs a stem that patchifies (patch(p=N,...))", "p")
+        if not 1 <= patch <= 256:
+            raise SpecError(f"patch size must be in 1..256, got {patch}", "p")
+        stem = tuple(replace(op, p=patch) if op.kind == "patch" else op for op in stem)
     head = tuple(op.widen(width) for op in spec.head) if width != 1 else spec.head
     return Spec(spec.res if res is None else res, stem, tuple(stages), head)

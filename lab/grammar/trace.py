@@ -87,6 +87,10 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
         s, layout = out, st.block.layout_out(layout)
     for i, op in enumerate(spec.head):
         op_step(op, f"head[{i}]", "head", None, ctx)
-    if spec.head[-1].kind != "fc":
-        raise SpecError("a head ends with the classifier fc", f"head[{len(spec.head) - 1}]")
+    last = len(spec.head) - 1
+    if not spec.head[last].classifier:
+        raise SpecError("a head ends with its classifier (fc or distill)", f"head[{last}]")
+    extra = [i for i, op in enumerate(spec.head[:last]) if op.classifier]
+    if extra:
+        raise SpecError("a head has one classifier, at its end", f"head[{extra[0]}]")
     return tuple(steps)

@@ -3,7 +3,8 @@
 Adding a kind is adding one module here that defines and registers it; nothing else changes.
 """
 
-from lab.kinds import basic, bottleneck, convnext, dense, mbconv, ops, preact  # noqa: F401  (registration)
+from lab.kinds import (basic, bottleneck, convnext, dense, mbconv, nat, ops, preact, swin, tokens,  # noqa: F401
+                       transformer)  # (imported for registration)
 from lab.kinds.base import REGISTRY, Block, Context, Cost, Kind, Op, Shape
 
 __all__ = ["REGISTRY", "Block", "Context", "Cost", "Kind", "Op", "Shape", "blocks", "ops_"]

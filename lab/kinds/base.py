@@ -174,6 +174,7 @@ class Kind:
     kind: ClassVar[str]
     role: ClassVar[str]  # "op" or "block"
     layout: ClassVar[str] = NCHW
+    classifier: ClassVar[bool] = False  # does it produce the logits (a head ends with one)?
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import (ZERO, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost, out_size, param,
-                            register, round_channels)
+from lab.kinds.base import (ANY, NLC, ZERO, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost,
+                            out_size, param, register, round_channels)
 from lab.layers import LayerNorm2d, make_act, make_conv
 
 
@@ -106,13 +106,14 @@ class GroupNorm(_Norm):
 
 @register
 class LayerNorm(_Norm):
-    """Layer normalization over channels."""
+    """Layer normalization over channels (of a map or of tokens)."""
 
     kind = "ln"
+    layout = ANY
     eps: float = param(1e-6, lo=0, hi=1, doc="epsilon")
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return LayerNorm2d(s.c, eps=self.eps)
+        return nn.LayerNorm(s.c, eps=self.eps) if ctx.layout == NLC else LayerNorm2d(s.c, eps=self.eps)
 
 
 class _Act(Op):
@@ -204,17 +205,29 @@ class Pad(Op):
         return nn.ZeroPad2d(self.p)
 
 
+class TokenMean(nn.Module):
+    """Average of the grid tokens (prefix tokens left out, as timm's 'avg' pool): (B, 1, C)."""
+
+    def __init__(self, prefix: int):
+        super().__init__()
+        self.prefix = prefix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.prefix:].mean(1, keepdim=True)
+
+
 @register
 class GlobalAvgPool(Op):
-    """Global average pooling to a 1x1 map."""
+    """Global average pooling: of a map to 1x1, of tokens to one token (prefix tokens left out)."""
 
     kind = "gap"
+    layout = ANY
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return Shape(s.c, 1, 1), ZERO
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return nn.AdaptiveAvgPool2d(1)
+        return TokenMean(s.t) if ctx.layout == NLC else nn.AdaptiveAvgPool2d(1)
 
 
 @register
@@ -232,7 +245,7 @@ class Dropout(Op):
 
 
 class Classifier(nn.Linear):
-    """The final linear layer; flattens a pooled 1x1 map first."""
+    """The final linear layer; flattens a pooled 1x1 map (or a single pooled token) first."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.flatten(1))
@@ -243,11 +256,14 @@ class FullyConnected(Op):
     """The classifier: a linear layer to the number of classes (identity when num_classes=0)."""
 
     kind = "fc"
+    layout = ANY
+    classifier = True
     bias: bool = param(True, doc="learned bias")
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
-        if s.h != 1 or s.w != 1:
-            raise SpecError(f"fc needs a pooled input, got a {s.h}x{s.w} map: put gap before it")
+        if s.h != 1 or s.w != 1 or s.t:
+            where = f"{s.t} + {s.h}x{s.w} tokens" if s.t else f"a {s.h}x{s.w} map"
+            raise SpecError(f"fc needs a pooled input, got {where}: put gap (or token) before it")
         if ctx.num_classes == 0:
             return s, ZERO
         n = ctx.num_classes

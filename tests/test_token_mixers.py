@@ -1,0 +1,190 @@
+"""Token mixers against naive references: window attention (shifted, padded, shrunk) against
+explicit masked full attention over the whole map, global attention against an explicit softmax,
+and the token ops (class/distillation tokens, DeiT's two heads)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import lab
+from lab.kernels import window as win
+from lab.kinds import REGISTRY, Shape
+
+torch.set_default_dtype(torch.float32)
+
+
+def naive_window_attention(m, x: torch.Tensor) -> torch.Tensor:
+    """Full attention over the zero-padded map, every pair of tokens masked by the definition:
+    two tokens attend iff, after rolling the padded map by (-sh, -sw), they fall in the same
+    window and neither axis separates a token the roll wrapped around from one it did not.
+    The bias is looked up from their offset inside the window. Output at the original positions."""
+    b, n, c = x.shape
+    heads, hd = m.heads, c // m.heads
+    grid = torch.zeros(b, m.hp, m.wp, c, dtype=x.dtype)
+    grid[:, :m.h, :m.w] = x.view(b, m.h, m.w, c)
+    tokens = grid.view(b, m.hp * m.wp, c)
+    q, k, v = m.qkv(tokens).view(b, -1, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    n_pad = m.hp * m.wp
+    scores = (q * hd ** -0.5) @ k.transpose(-1, -2)
+    allowed = torch.zeros(n_pad, n_pad, dtype=torch.bool)
+    bias = torch.zeros(heads, n_pad, n_pad)
+    table = m.relative_position_bias_table
+    pos = [(i, j) for i in range(m.hp) for j in range(m.wp)]
+    for a, (ia, ja) in enumerate(pos):
+        ya, xa = (ia - m.sh) % m.hp, (ja - m.sw) % m.wp  # rolled coordinates
+        for bb, (ib, jb) in enumerate(pos):
+            yb, xb = (ib - m.sh) % m.hp, (jb - m.sw) % m.wp
+            same_window = (ya // m.wh, xa // m.ww) == (yb // m.wh, xb // m.ww)
+            same_side = (ia < m.sh) == (ib < m.sh) and (ja < m.sw) == (jb < m.sw)
+            if same_window and same_side:
+                allowed[a, bb] = True
+                dy, dx = (ya % m.wh) - (yb % m.wh), (xa % m.ww) - (xb % m.ww)
+                bias[:, a, bb] = table[(dy + m.wh - 1) * (2 * m.ww - 1) + (dx + m.ww - 1)]
+    scores = (scores + bias).masked_fill(~allowed, float("-inf"))
+    out = scores.softmax(-1) @ v  # (B, heads, N, hd)
+    out = m.proj(out.transpose(1, 2).reshape(b, n_pad, c)).view(b, m.hp, m.wp, c)
+    return out[:, :m.h, :m.w].reshape(b, m.h * m.w, c)
+
+
+WINDOW_CASES = [  # (h, w, window, unit index): odd units shift
+    (8, 8, 4, 0), (8, 8, 4, 1),  # plain and shifted
+    (12, 8, 4, 1),  # non-square map
+    (8, 8, 7, 1),  # padded to 14 x 14, shifted by 3
+    (10, 6, 4, 1),  # padded along one axis
+    (7, 7, 7, 1),  # map == window: the shift is dropped
+    (3, 10, 7, 1),  # window shrinks to 3 along y (no shift there), shifts along x
+    (5, 5, 7, 0),  # window shrinks to the map: global attention
+]
+
+
+@pytest.mark.parametrize("h, w, window, index", WINDOW_CASES)
+def test_window_attention_matches_masked_full_attention(h, w, window, index):
+    torch.manual_seed(0)
+    dim = 12
+    kind = REGISTRY["swin"](w=window, h=3)
+    m = kind.build_mixer(Shape(dim, h, w), dim, index)
+    with torch.no_grad():
+        m.relative_position_bias_table.normal_()  # a bias large enough to matter
+    x = torch.randn(2, h * w, dim)
+    out = m(x)
+    ref = naive_window_attention(m, x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # gradients agree as well
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out * g).sum(), [m.qkv.weight, m.relative_position_bias_table])
+    want = torch.autograd.grad((naive_window_attention(m, x) * g).sum(), [m.qkv.weight, m.relative_position_bias_table])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_window_shrink_and_shift_rule():
+    """As Swin: a map not larger than the window along an axis shrinks the window and drops the
+    shift along it; the bias table has (2wh-1)(2ww-1) entries per head."""
+    swin = REGISTRY["swin"](w=7, h=2)
+    cases = {(14, 14): ((7, 7), (3, 3)), (7, 7): ((7, 7), (0, 0)), (4, 9): ((4, 7), (0, 3)), (1, 1): ((1, 1), (0, 0))}
+    for (h, w), (window, shift) in cases.items():
+        s = Shape(8, h, w)
+        assert swin.window(s) == window and swin.shift_of(s, 1) == shift and swin.shift_of(s, 0) == (0, 0)
+        m = swin.build_mixer(s, 8, 1)
+        assert m.relative_position_bias_table.shape == ((2 * window[0] - 1) * (2 * window[1] - 1), 2)
+    assert REGISTRY["swin"](w=7, h=2, shift=False).shift_of(Shape(8, 14, 14), 1) == (0, 0)
+
+
+def test_swin_stage_alternates_shifts():
+    spec = lab.parse("@56 | patch(p=4,c=32) | swin(h=2) 4x32 | ln,gap,fc")
+    units = lab.build(spec).stages[0].blocks
+    assert [(u.mixer.sh, u.mixer.sw) for u in units] == [(0, 0), (3, 3), (0, 0), (3, 3)]
+
+
+@pytest.mark.parametrize("h, w, wh, ww", [(8, 8, 4, 4), (14, 21, 7, 7), (6, 4, 3, 2)])
+def test_shift_partition_reverse_unshift_is_exact(h, w, wh, ww):
+    x = torch.randn(2, h, w, 5)
+    rolled = torch.roll(x, shifts=(-(wh // 2), -(ww // 2)), dims=(1, 2))
+    back = win.reverse(win.partition(rolled, wh, ww), wh, ww, h, w)
+    assert torch.equal(torch.roll(back, shifts=(wh // 2, ww // 2), dims=(1, 2)), x)
+
+
+def test_shift_mask_counts():
+    """Each query of a shifted 8x8 map with 4x4 windows sees 16, 8 or 4 keys, as the regions say."""
+    mask = win.shift_mask(8, 8, 4, 4, 2, 2)
+    visible = (mask == 0).sum(-1)
+    assert sorted(set(visible.flatten().tolist())) == [4, 8, 16]
+    assert (visible[0] == 16).all()  # the top-left window holds no wrapped token
+    assert win.shift_mask(8, 8, 4, 4, 0, 0) is None
+
+
+def test_relative_position_index_is_the_offset():
+    idx = win.relative_position_index(3, 4)
+    ys, xs = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    for a in range(12):
+        for b in range(12):
+            assert idx[a, b] == (ys[a] - ys[b] + 2) * 7 + (xs[a] - xs[b] + 3)
+
+
+def test_global_attention_matches_explicit_softmax():
+    torch.manual_seed(0)
+    spec = lab.parse("@16 | patch(p=4,c=24),cls,pos | mhsa(h=3) 1x24 | ln,token,fc")
+    m = lab.build(spec).stages[0].blocks[0].mixer
+    x = torch.randn(2, 17, 24)
+    q, k, v = m.qkv(x).view(2, 17, 3, 3, 8).permute(2, 0, 3, 1, 4)
+    attn = (q @ k.transpose(-1, -2) / math.sqrt(8)).softmax(-1)
+    ref = m.proj((attn @ v).transpose(1, 2).reshape(2, 17, 24))
+    torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_tokens_sit_in_front_in_order():
+    spec = lab.parse("@16 | patch(p=4,c=8),cls,dist | mhsa(h=2) 1x8 | ln,distill")
+    model = lab.build(spec, num_classes=5)
+    patch, cls, dist = model.stem
+    x = torch.randn(3, 3, 16, 16)
+    tokens = dist(cls(patch(x)))
+    assert tokens.shape == (3, 2 + 16, 8)
+    assert torch.equal(tokens[:, 0], cls.token[0, 0].expand(3, -1))
+    assert torch.equal(tokens[:, 1], dist.token[0, 0].expand(3, -1))
+    assert torch.equal(tokens[:, 2:], patch(x))
+
+
+def test_distilled_head_trains_two_logits_and_evaluates_their_average():
+    torch.manual_seed(0)
+    spec = lab.named("deit_ti_distilled")
+    small = lab.resolve("deit_ti_distilled@32px,p=8,w=0.25")
+    model = lab.build(small, num_classes=7)
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    logits, logits_dist = model(x)
+    assert logits.shape == logits_dist.shape == (2, 7)
+    model.eval()
+    with torch.no_grad():
+        tokens = model.head[0](model.forward_features(x))
+        head = model.head[1]
+        want = (head.head(tokens[:, 0]) + head.head_dist(tokens[:, 1])) / 2
+        torch.testing.assert_close(model(x), want)
+    assert spec.head[-1].kind == "distill"
+
+
+def test_gap_on_tokens_leaves_prefix_tokens_out():
+    spec = lab.parse("@16 | patch(p=4,c=8),cls | mhsa(h=2) 1x8 | gap,fc")
+    model = lab.build(spec, num_classes=0).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        torch.testing.assert_close(model(x), feats[:, 1:].mean(1))
+
+
+def test_patch_merging_gathers_2x2_neighbours():
+    """The 4C features of an output token are its 2x2 block, in Swin's order: (0,0), (1,0), (0,1), (1,1)."""
+    spec = lab.parse("@8 | patch(p=2,c=3) | swin(h=1) 1x3, 1x6/merge | ln,gap,fc")
+    merge = lab.build(spec).stages[1].down[0]
+    x = torch.arange(16 * 3, dtype=torch.float32).view(1, 16, 3)
+    with torch.no_grad():
+        merge.norm = torch.nn.Identity()
+        merge.reduction = torch.nn.Identity()
+        out = merge(x)
+    grid = x.view(4, 4, 3)
+    assert out.shape == (1, 4, 12)
+    want = torch.cat([grid[0, 0], grid[1, 0], grid[0, 1], grid[1, 1]])
+    assert torch.equal(out[0, 0], want)
