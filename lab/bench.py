@@ -34,7 +34,9 @@ def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, 
     else:
         import timm
 
-        model = timm.create_model(catalog.entries()[ref].timm, pretrained=False)
+        # transformers fix their position embeddings / windows to the input size
+        sized = {"img_size": res} if any(op.kind == "patch" for op in spec.stem) else {}
+        model = timm.create_model(catalog.entries()[ref].timm, pretrained=False, **sized)
     model = model.to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -49,7 +51,9 @@ def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, 
 
     def train_step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        out = model(x)
+        outs = out if isinstance(out, tuple) else (out,)  # a distilled model trains two heads
+        sum(loss_fn(o, y) for o in outs).backward()
         opt.step()
 
     model.train()

@@ -13,6 +13,7 @@ from lab.grammar.spec import Spec
 from lab.grammar.text import format_kind
 from lab.grammar.trace import Step, trace
 from lab.kinds import Cost
+from lab.kinds.base import NLC
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Row:
     channels: int
     h: int
     w: int
+    tokens: bool  # the output is tokens (B, prefix + H*W, C) rather than a map (B, C, H, W)
+    prefix: int  # class/distillation tokens in front of the grid
     params: int
     macs: int
     acts: int
@@ -68,12 +71,14 @@ def cost(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Report:
     rows = []
     for name, group in groups.items():
         c = sum((s.cost for s in group), Cost())
-        out = group[-1].shape_out
+        last = group[-1]
+        out = last.shape_out
+        tokens = last.element.layout_out(last.ctx.layout) == NLC
         if name in ("stem", "head"):
             label, depth = ",".join(format_kind(s.element) for s in group), 1
         else:
             st = spec.stages[group[-1].stage]
             label, depth = format_kind(st.block), st.depth
-        rows.append(Row(name, label, depth, out.c, out.h, out.w, c.params, c.macs, c.acts))
+        rows.append(Row(name, label, depth, out.c, out.h, out.w, tokens, out.t, c.params, c.macs, c.acts))
     total = totals(spec, num_classes, in_chans)
     return Report(total.params, total.macs, total.acts, tuple(rows))

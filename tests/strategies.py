@@ -1,7 +1,9 @@
 """Hypothesis strategies for random grammar points.
 
 `spec_texts()` draws raw grammar text: a random stem, one to four stage groups of random block
-kinds, depths, widths, strides and transitions, and a random head. The text is deliberately not
+kinds, depths, widths, strides and transitions, and a random head. A draw is a conv network, a
+token network (a patchify stem, maybe class/distillation tokens and position embeddings, then
+attention / window / neighbourhood / token-MLP stages) or a hybrid (conv stages, then token ones). The text is deliberately not
 canonical (parameters shuffled, defaults sometimes spelled out, spacing varied, runs of the
 same block split into separate groups) so that parsing and formatting have work to do.
 `specs()` parses it and rejects the draws that are not valid points (SpecError): the strategy
@@ -52,7 +54,7 @@ def _stem(draw) -> str:
     s = draw(st.sampled_from(sorted({1, 2, k if k <= 4 else 2})))
     conv = draw(_call("conv", {"c": draw(st.sampled_from(WIDTHS)), "k": k, "s": s,
                                "p": _maybe(draw, st.integers(0, k // 2), 2),
-                               "bias": draw(st.booleans()), "ws": draw(st.booleans())}, {"g": 1}))
+                               "bias": draw(st.booleans()), "ws": k > 1 and draw(st.booleans())}, {"g": 1}))
     ops = [op for op in (draw(st.sampled_from([None, None, None, "bn", "relu", "pad", "ln"])), conv) if op]
     norm = draw(st.sampled_from([None, "bn", "ln", "gn"]))
     if norm == "gn":
@@ -129,13 +131,70 @@ def _head(draw) -> str:
     return ",".join(pre + ["gap"] + post + [fc])
 
 
+TOKEN_KINDS = ("mhsa", "swin", "nat", "mixer")
+
+
+@st.composite
+def _token_block(draw, kind: str) -> str:
+    common = {"mlp": draw(st.sampled_from([None, 1, 2.5])), "ls": draw(st.sampled_from([None, 0.1])),
+              "act": draw(st.sampled_from([None, None, "relu", "silu"]))}
+    if kind == "mixer":
+        return draw(_call("mixer", {"tok": draw(st.sampled_from([None, 0.25, 1])), **common}, {"tok": 0.5, "mlp": 4.0}))
+    heads = draw(st.sampled_from([{"h": 1}, {"h": 2}, {"h": 4}, {"hd": 4}, {"hd": 8}]))
+    params = {**heads, **common}
+    if kind == "mhsa":
+        params["qkv_bias"] = draw(st.sampled_from([None, False]))
+    elif kind == "swin":
+        params.update(w=draw(st.sampled_from([None, 2, 3, 4])), shift=draw(st.sampled_from([None, False])))
+    else:
+        params.update(k=draw(st.sampled_from([None, 1, 3, 5])), d=draw(st.sampled_from([None, 1, 2])))
+    return draw(_call(kind, params, {"mlp": 4.0, "qkv_bias": True}))
+
+
+TOKEN_ENTRIES = ("/patch(p=1)", "/conv(k=1)", "/(conv(k=3,s=2),ln)", "/merge", "/(patch(p=2),pos)", "/(merge,ln)")
+
+
+@st.composite
+def _token_group(draw, first_entry: bool, kinds: tuple[str, ...] = TOKEN_KINDS, width: int | None = None) -> str:
+    """Token stages: the first enters through a width-setting transition (unless it directly
+    follows a patchify stem: `first_entry` False), later ones keep the width or merge."""
+    kind = draw(st.sampled_from(kinds))
+    width = width or draw(st.sampled_from([8, 16, 32]))
+    stages = [f"{draw(st.integers(1, 3))}x{width}{draw(st.sampled_from(TOKEN_ENTRIES)) if first_entry else ''}"]
+    if draw(st.booleans()):
+        trans = draw(st.sampled_from(["", "/merge", "/(conv(k=3,s=2),ln)"] if kinds == TOKEN_KINDS else [""]))
+        stages.append(f"{draw(st.integers(1, 2))}x{width * (2 if trans else 1)}{trans}")
+    return f"{draw(_token_block(kind))} {', '.join(stages)}"
+
+
+@st.composite
+def _token_net(draw) -> list[str]:
+    """Stem, groups and head of a patchify network (ViT/DeiT, Mixer, Swin, NAT-like)."""
+    p = draw(st.sampled_from([1, 2, 4]))
+    res = draw(st.integers(2, 8)) * p * draw(st.sampled_from([1, 2]))
+    prefix = draw(st.sampled_from(["", "", ",cls", ",cls,dist"]))
+    width = draw(st.sampled_from([8, 16, 32]))
+    group = draw(_token_group(False, TOKEN_KINDS if not prefix else ("mhsa", "mixer"), width))
+    stem = f"patch(p={p},c={width}){prefix}{draw(st.sampled_from(['', ',pos', ',pos(n=%d)' % (len(prefix.split(',')) - 1 + (res // p) ** 2)]))}"
+    stem += draw(st.sampled_from(["", ",ln"]))
+    heads = {"": ["ln,gap,fc", "gap,fc(bias=0)"], ",cls": ["ln,token,fc", "ln,gap,fc"], ",cls,dist": ["ln,distill"]}
+    return [f"@{res}", stem, group, draw(st.sampled_from(heads[prefix]))]
+
+
 @st.composite
 def spec_texts(draw) -> str:
     """Raw (non-canonical) grammar text of a small point; it may be invalid."""
-    res = draw(st.integers(16, 64))
-    groups = draw(st.lists(_group(), min_size=1, max_size=4))
     sep = draw(st.sampled_from([" | ", "|", "  |  "]))
-    return sep.join([f"@{res}", draw(_stem()), *groups, draw(_head())])
+    family = draw(st.sampled_from(["conv", "conv", "tokens", "hybrid"]))
+    if family == "tokens":
+        return sep.join(draw(_token_net()))
+    res = draw(st.integers(16, 64))
+    groups = draw(st.lists(_group(), min_size=1, max_size=3 if family == "hybrid" else 4))
+    head = draw(_head())
+    if family == "hybrid":
+        groups.append(draw(_token_group(True)))
+        head = draw(st.sampled_from(["ln,gap,fc", "gap,fc", head]))
+    return sep.join([f"@{res}", draw(_stem()), *groups, head])
 
 
 @st.composite

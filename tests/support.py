@@ -16,7 +16,8 @@ REFERENCE_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "
 # Named architectures too large to train-step at full width in the default run (they get w=0.25 there,
 # full width under -m slow).
 GIANTS = ("bit_r101x3", "bit_r152x4", "wide_resnet101_2", "resnext101_32x8d", "convnext_l",
-          "efficientnet_b6", "efficientnet_b7", "regnety_16gf")
+          "efficientnet_b6", "efficientnet_b7", "regnety_16gf", "vit_l16", "vit_l16_384", "vit_h14",
+          "mixer_l16", "mixer_h14", "swin_b_384", "swin_l", "swin_l_384")
 
 
 def at_res(name: str, res: int) -> str:
@@ -51,14 +52,23 @@ def n_params(model: torch.nn.Module) -> int:
 
 def measured_cost(model: torch.nn.Module, in_chans: int, res: int) -> tuple[float, int]:
     """Per-image multiply-accumulates as torch counts them (FLOPs / 2) and activations (elements
-    written by conv and linear layers), from one forward pass of a batch of two on meta tensors."""
-    batch, written = 2, []
+    written by conv and linear layers), from one forward pass of a batch of two on meta tensors.
+
+    FlopCounterMode sees convs, linears and matmuls, and scaled_dot_product_attention on the meta
+    device, but not the neighbourhood-attention kernel (gathers and dot products; see
+    test_neighborhood_kernel_is_invisible_to_the_counter): its q.k and attention.v MACs,
+    2 * tokens * k^2 * width per layer, are added analytically from the modules' shapes."""
+    from lab.kinds.nat import NeighborhoodAttention
+
+    batch, written, na_macs = 2, [], []
     hooks = [m.register_forward_hook(lambda m, i, out: written.append(out.numel()))
              for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks += [m.register_forward_hook(lambda m, i, out: na_macs.append(2 * m.hp * m.wp * m.kernel ** 2 * out.shape[-1]))
+              for m in model.modules() if isinstance(m, NeighborhoodAttention)]
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.empty(batch, in_chans, res, res, device="meta"))
     finally:
         for h in hooks:
             h.remove()
-    return counter.get_total_flops() / 2 / batch, sum(written) // batch
+    return counter.get_total_flops() / 2 / batch + sum(na_macs), sum(written) // batch

@@ -19,11 +19,15 @@ def train_step(spec: lab.Spec, num_classes: int = 10, in_chans: int = 3, drop_pa
     model = lab.build(spec, num_classes=num_classes, in_chans=in_chans, drop_path=drop_path).train()
     x = torch.randn(batch, in_chans, spec.res, spec.res)
     x0 = x.clone()
-    y = model(x)
+    out = model(x)
     assert torch.equal(x, x0), "the forward pass overwrote its input"
-    assert y.shape == (batch, num_classes)
-    assert torch.isfinite(y).all()
-    torch.nn.functional.cross_entropy(y, torch.arange(batch) % num_classes).backward()
+    outs = out if isinstance(out, tuple) else (out,)  # a distilled model trains two heads
+    assert len(outs) == (2 if spec.head[-1].kind == "distill" else 1)
+    target = torch.arange(batch) % num_classes
+    for y in outs:
+        assert y.shape == (batch, num_classes)
+        assert torch.isfinite(y).all()
+    sum(torch.nn.functional.cross_entropy(y, target) for y in outs).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
@@ -66,16 +70,28 @@ def test_activation_after_an_activation_trains(text):
     train_step(lab.parse(text))
 
 
-def test_weight_standardized_conv_with_one_weight_per_filter():
-    """A valid point: a weight-standardized depthwise 1x1 transition (one weight per filter)."""
-    spec = lab.parse("@16 | conv(c=8),bn | basic 1x8/conv(k=1,g=8,ws=1) | gap,fc")
-    train_step(spec)
-
-
-def test_weight_standardized_stem_on_one_channel():
-    """A valid point built for one input channel: its 1x1 weight-standardized stem has one weight per filter."""
-    spec = lab.parse("@16 | conv(c=8,k=1,ws=1) | basic 1x8 | gap,fc")
-    train_step(spec, in_chans=1)
+@pytest.mark.parametrize("text, in_chans", [
+    ("@16 | conv(c=8),bn | basic 1x8/conv(k=1,g=8,ws=1) | gap,fc", 3),  # a depthwise 1x1 transition
+    ("@16 | conv(c=8,k=1,ws=1) | basic 1x8 | gap,fc", 1),  # a 1x1 stem on one input channel
+    ("@16 | conv(c=8,k=1,ws=1) | mbconv 2x8, 2x8, 3x8 | gap,fc", 1),  # the same, deeper
+])
+def test_weight_standardized_conv_with_one_weight_per_filter(text, in_chans):
+    """Standardizing a filter of one weight leaves zero: such a point is rejected, or its layer is live."""
+    try:
+        spec = lab.parse(text)
+        lab.cost(spec, in_chans=in_chans)
+    except lab.SpecError as e:
+        assert e.path.endswith(".ws"), str(e)
+        return
+    model = train_step(spec, in_chans=in_chans)
+    dead = []
+    hooks = [m.register_forward_hook(lambda m, i, out, name=name: dead.append(name) if not out.any() else None)
+             for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.randn(2, in_chans, spec.res, spec.res))
+    for h in hooks:
+        h.remove()
+    assert not dead, f"conv layers output only zeros: {dead}"
 
 
 def _unzero_residual_branches(model: torch.nn.Module) -> None:

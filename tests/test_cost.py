@@ -44,7 +44,8 @@ def assert_cost_matches_build(spec: lab.Spec, num_classes: int, in_chans: int) -
     assert [r.name for r in report.rows] == ["stem", *[f"stage {i + 1}" for i in range(len(spec.stages))], "head"]
     assert [r.params for r in report.rows] == [n_params(p) for p in parts]
     shapes = output_shapes(parts, model, in_chans, spec.res)
-    assert [(r.channels, r.h, r.w) for r in report.rows[:-1]] == shapes[:-1]
+    expected = [(r.prefix + r.h * r.w, r.channels) if r.tokens else (r.channels, r.h, r.w) for r in report.rows[:-1]]
+    assert expected == shapes[:-1]
     assert (report.rows[-1].channels,) == shapes[-1] and report.rows[-1].h == report.rows[-1].w == 1
 
 
@@ -63,8 +64,9 @@ def test_random_cost_matches_build(spec, config):
 @settings(max_examples=25, deadline=None)
 @given(st.sampled_from(lab.names()), st.floats(0.05, 2.0), st.floats(0.1, 2.0), st.sampled_from([32, 40, 64]))
 def test_scaled_variants_are_valid_and_costed_right(name, w, d, res):
-    spec = lab.resolve(f"{name}@{res}px,w={w:.3f},d={d:.3f}")
-    assert spec.res == res
+    ref = at_res(name, res)
+    spec = lab.resolve(f"{ref},w={w:.3f},d={d:.3f}")
+    assert spec.res == int(ref.split("@")[1][:-2])
     assert_cost_matches_build(spec, 10, 3)
 
 

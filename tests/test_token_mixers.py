@@ -188,3 +188,34 @@ def test_patch_merging_gathers_2x2_neighbours():
     assert out.shape == (1, 4, 12)
     want = torch.cat([grid[0, 0], grid[1, 0], grid[0, 1], grid[1, 1]])
     assert torch.equal(out[0, 0], want)
+
+
+def test_neighborhood_kernel_is_invisible_to_the_counter():
+    """The cost tests add NA's attention MACs analytically: that is right only while torch's
+    counter sees none of them (else they would count twice)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lab.kernels.neighborhood import neighborhood_attention
+
+    q = torch.empty(2, 2, 9, 9, 8, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        neighborhood_attention(q, q, q, 3, 1, torch.empty(2, 5, 5, device="meta"))
+    assert counter.get_total_flops() == 0
+
+
+@pytest.mark.parametrize("h, w, kernel, dilation", [(3, 3, 7, 1), (2, 9, 5, 1), (4, 4, 3, 2), (9, 9, 7, 1)])
+def test_nat_pads_small_maps_like_nat(h, w, kernel, dilation):
+    """A map smaller than k*d is zero-padded (bottom/right) for the attention and cropped after,
+    as NAT and NATTEN do: the result is neighbourhood attention on the padded map."""
+    from lab.kernels.neighborhood import neighborhood_attention
+
+    torch.manual_seed(0)
+    dim = 8
+    m = REGISTRY["nat"](k=kernel, d=dilation, h=2).build_mixer(Shape(dim, h, w), dim, 0)
+    x = torch.randn(2, h * w, dim)
+    hp, wp = max(h, kernel * dilation), max(w, kernel * dilation)
+    grid = torch.zeros(2, hp, wp, dim)
+    grid[:, :h, :w] = x.view(2, h, w, dim)
+    q, k, v = m.qkv(grid).view(2, hp, wp, 3, 2, dim // 2).permute(3, 0, 4, 1, 2, 5)
+    ref = neighborhood_attention(q, k, v, kernel, dilation, m.rpb).permute(0, 2, 3, 1, 4)[:, :h, :w]
+    torch.testing.assert_close(m(x), m.proj(ref.reshape(2, h * w, dim)), atol=1e-5, rtol=1e-5)

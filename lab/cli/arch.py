@@ -81,19 +81,27 @@ def run_show(args: argparse.Namespace) -> int:
     info = _summary(name, spec, entry, args.classes, args.in_chans)
     rep = cost(spec, args.classes, args.in_chans)
     stages = [{"stage": r.name, "block": r.block, "depth": r.depth, "res": f"{r.h}x{r.w}", "channels": r.channels,
-               "params": r.params, "macs": r.macs, "acts": r.acts} for r in rep.rows]
+               "tokens": r.tokens, "prefix_tokens": r.prefix, "params": r.params, "macs": r.macs, "acts": r.acts}
+              for r in rep.rows]
     if args.json:
         print(json.dumps({**info, "stages": stages}, indent=1))
         return 0
     print(f"{info['name']}  ({info['family']}, arch_id {info['arch_id']})")
     print(f"  {info['text']}")
-    if entry and entry.timm:
-        print(f"  reference: timm {entry.timm}")
+    if entry and (entry.timm or entry.reference):
+        print(f"  reference: {'timm ' + entry.timm if entry.timm else entry.reference}")
     print()
-    rows = [(s["stage"], s["block"], s["depth"], s["res"], s["channels"], f"{s['params'] / 1e6:.3f}",
+
+    def out(s: dict) -> str:  # "56x56" for a map, "1+14x14 tok" for tokens with a class token
+        if s["stage"] == "head":
+            return "logits" if args.classes else "features"
+        prefix = f"{s['prefix_tokens']}+" if s["prefix_tokens"] else ""
+        return f"{prefix}{s['res']} tok" if s["tokens"] else s["res"]
+
+    rows = [(s["stage"], s["block"], s["depth"], out(s), s["channels"], f"{s['params'] / 1e6:.3f}",
              f"{s['macs'] / 1e9:.3f}") for s in stages]
     rows.append(("total", "", "", "", "", f"{rep.params / 1e6:.3f}", f"{rep.gmacs:.3f}"))
-    print(render(["stage", "block", "depth", "out res", "channels", "params(M)", "GMACs"], rows, "<<>>>>>"))
+    print(render(["stage", "block", "depth", "out", "channels", "params(M)", "GMACs"], rows, "<<>>>>>"))
     return 0
 
 

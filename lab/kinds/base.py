@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 from torch import nn
 
@@ -193,8 +193,9 @@ class Kind:
         """The layout this element hands on, given the one it received."""
         return layout_in if self.layout == ANY else self.layout
 
-    def widen(self, m: float) -> "Kind":
-        """This element under a width multiplier (kinds with channel counts override)."""
+    def widen(self, m: float, channels: Callable[[int], int]) -> "Kind":
+        """This element under width multiplier `m`; `channels` maps an absolute channel count to
+        its scaled value, the same one everywhere in the spec (kinds with channel counts override)."""
         return self
 
     @classmethod

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import nn
 
 from lab.errors import SpecError
@@ -65,7 +67,7 @@ class Bottleneck(Block):
     def width_quantum(self) -> int:
         return quantum_for(self.e, self.gw or self.g)
 
-    def widen(self, m: float) -> "Bottleneck":
+    def widen(self, m: float, channels: Callable[[int], int]) -> "Bottleneck":
         if not self.gw:
             return self
         return Bottleneck(self.e, self.g, round_channels(self.gw * m), self.se, self.norm, self.ws)

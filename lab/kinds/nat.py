@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.errors import SpecError
+from lab.kernels.neighborhood import neighborhood_attention
 from lab.kinds.base import Cost, Shape, param, register
 from lab.kinds.transformer import ACT_CHOICES, HeadsMixin, TokenBlock, attention_cost
 
@@ -37,7 +38,6 @@ class NeighborhoodAttention(nn.Module):
         if (self.hp, self.wp) != (self.h, self.w):
             x = F.pad(x, (0, 0, 0, self.wp - self.w, 0, self.hp - self.h))
         q, k, v = self.qkv(x).view(b, self.hp, self.wp, 3, self.heads, c // self.heads).permute(3, 0, 4, 1, 2, 5)
-        from lab.kernels.neighborhood import neighborhood_attention  # TEMP lazy
         out = neighborhood_attention(q, k, v, self.kernel, self.dilation, self.rpb)  # (B, heads, Hp, Wp, hd)
         out = out.permute(0, 2, 3, 1, 4)[:, :self.h, :self.w].reshape(b, self.h * self.w, c)
         return self.proj(out)

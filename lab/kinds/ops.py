@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -59,16 +61,19 @@ class Conv(Op):
         cout = self.out_channels(s, ctx)
         if s.c % self.g or cout % self.g:
             raise SpecError(f"{self.g} groups must divide input channels {s.c} and output channels {cout}", "g")
+        if self.ws and (s.c // self.g) * self.k * self.k == 1:
+            raise SpecError("weight standardization of a filter with a single weight leaves zero (a dead "
+                            "layer): use a larger kernel, fewer groups, or ws=0", "ws")
         h, w = _spatial(s, self.k, self.s, self.pad, "conv")
         return Shape(cout, h, w), conv_cost(s.c, cout, self.k, h, w, self.g, self.bias)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return make_conv(s.c, self.out_channels(s, ctx), self.k, self.s, self.g, self.ws, self.bias, self.pad)
 
-    def widen(self, m: float) -> "Conv":
+    def widen(self, m: float, channels: Callable[[int], int]) -> "Conv":
         if self.c is None:
             return self
-        return Conv(round_channels(self.c * m), self.r, self.k, self.s, self.p, self.g, self.bias, self.ws)
+        return Conv(channels(self.c), self.r, self.k, self.s, self.p, self.g, self.bias, self.ws)
 
 
 class _Norm(Op):

@@ -12,13 +12,14 @@ Tokens are (B, prefix + H*W, C); the prefix tokens (class, distillation) sit in 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lab.errors import SpecError
 from lab.kinds.base import NCHW, NLC, ZERO, Context, Cost, Op, Shape, conv_cost, linear_cost, norm_cost, param, register
-from lab.kinds.base import round_channels
 
 # --- modules ---------------------------------------------------------------------------
 
@@ -147,8 +148,8 @@ class Patch(Op):
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PatchEmbed(s.c, self.out_channels(ctx), self.p)
 
-    def widen(self, m: float) -> "Patch":
-        return self if self.c is None else Patch(self.p, round_channels(self.c * m))
+    def widen(self, m: float, channels: Callable[[int], int]) -> "Patch":
+        return self if self.c is None else Patch(self.p, channels(self.c))
 
 
 class _PrefixOp(Op):
@@ -215,8 +216,8 @@ class Merge(Op):
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PatchMerging(s.h, s.w, s.c, self.out_channels(s, ctx), self.eps)
 
-    def widen(self, m: float) -> "Merge":
-        return self if self.c is None else Merge(round_channels(self.c * m), self.eps)
+    def widen(self, m: float, channels: Callable[[int], int]) -> "Merge":
+        return self if self.c is None else Merge(channels(self.c), self.eps)
 
 
 @register

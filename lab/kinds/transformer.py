@@ -11,14 +11,15 @@ stages change width or resolution through transitions (``/merge``, ``/(conv(k=3,
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import NLC, Block, Cost, Shape, linear_cost, norm_cost, param, register
+from lab.kinds.base import NLC, Block, Cost, Shape, linear_cost, norm_cost, param, register, round_channels
 from lab.layers import ACTS, DropPath
 
 ACT_CHOICES = tuple(ACTS)
@@ -136,13 +137,12 @@ class HeadsMixin:
     def width_quantum(self) -> int:
         return self.h if self.h is not None else self.hd
 
-    def widen(self, m: float):
-        """Under a width multiplier the number of heads stays: a head width scales with the width."""
+    def widen(self, m: float, channels: Callable[[int], int]):
+        """Under a width multiplier the number of heads stays: the head width scales with the
+        width (to a multiple of 8, which stage widths then round to)."""
         if self.h is not None:
             return self
-        from dataclasses import replace
-
-        return replace(self, hd=max(1, round(self.hd * m)))
+        return dataclasses.replace(self, hd=round_channels(self.hd * m))
 
 
 def attention_cost(width: int, tokens: int, keys: int, qkv_bias: bool, proj_tokens: int | None = None) -> Cost:
