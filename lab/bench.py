@@ -1,7 +1,8 @@
 """Throughput and peak memory of a grammar point, optionally against its timm reference.
 
 Each measurement runs in a fresh process (so peak memory is that model's alone), and the lab's
-and timm's runs alternate round by round; the median of the rounds is reported. Ratios are
+and timm's runs alternate round by round. A round's speed is the median time of its steps; the
+median of the rounds is reported. Ratios are
 what to read: absolute figures on a shared machine are noisy.
 """
 
@@ -56,15 +57,21 @@ def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, 
         sum(loss_fn(o, y) for o in outs).backward()
         opt.step()
 
+    def median_time(step) -> float:
+        """Median seconds per step: robust to the hiccups of a shared machine."""
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
     model.train()
     for _ in range(2):
         train_step()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    sync()
-    train_s = time.perf_counter() - t0
+    train_s = median_time(train_step)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -74,12 +81,8 @@ def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, 
         for _ in range(2):
             model(x)
         sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            model(x)
-        sync()
-        infer_s = time.perf_counter() - t0
-    return {"train_ips": batch * steps / train_s, "infer_ips": batch * steps / infer_s, "peak_mb": peak}
+        infer_s = median_time(lambda: model(x))
+    return {"train_ips": batch / train_s, "infer_ips": batch / infer_s, "peak_mb": peak}
 
 
 def compare(ref: str, res: int | None = None, batch: int = 32, device: str = "cpu", steps: int = 10,

@@ -69,9 +69,11 @@ def test_window_attention_matches_masked_full_attention(h, w, window, index):
     with torch.no_grad():
         m.relative_position_bias_table.normal_()  # a bias large enough to matter
     x = torch.randn(2, h * w, dim)
-    out = m(x)
+    out = m(x)  # with autograd on (the CPU training path) ...
     ref = naive_window_attention(m, x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # ... and off (scaled_dot_product_attention)
+        torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
     # gradients agree as well
     g = torch.randn_like(out)
     got = torch.autograd.grad((out * g).sum(), [m.qkv.weight, m.relative_position_bias_table])
