@@ -36,3 +36,11 @@ class SpecError(LabError, ValueError):
 
     def with_col(self, col: int | None) -> "SpecError":
         return SpecError(self.message, self.path, col if self.col is None else self.col)
+
+
+class DataError(LabError):
+    """A dataset that cannot be loaded as asked: unknown name, missing path, corrupt file, bad column."""
+
+
+class TrainError(LabError):
+    """A training run that cannot start or had to stop (bad recipe, NaN loss, unreadable checkpoint)."""

@@ -1,0 +1,90 @@
+"""The `Dataset` record and `assemble`, which every source goes through: fixed split,
+normalization statistics on the full training split, then the seeded training fraction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lab.data.split import SPLIT_SEED, Reader, Split, mix, nested_fraction
+
+STATS_SAMPLE = 2000  # images a streaming dataset's mean/std are estimated on
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A loaded dataset: fixed train/val/test splits of uint8 images and what a trainer needs to
+    know about them. `train` holds only the `fraction` of the training split this run uses."""
+
+    name: str  # canonical: "mnist5k", "synthetic:20000", "imagefolder:/abs/path"
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]  # per channel, [0, 1] units, over the full (un-fractioned) train split
+    std: tuple[float, ...]
+    hflip: bool  # whether a horizontal flip keeps labels right
+    fraction: float
+    seed: int
+    train: Split
+    val: Split
+    test: Split
+    classes: tuple[str, ...] = field(default=())  # class names, where the source has them
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    def __repr__(self) -> str:
+        where = "in memory" if self.train.in_memory else "streaming"
+        return (
+            f"Dataset({self.name!r}, {self.num_classes} classes, {self.in_chans}x{self.image_size}x{self.image_size}, "
+            f"train/val/test {len(self.train)}/{len(self.val)}/{len(self.test)} (fraction {self.fraction:g}, seed {self.seed}), {where})"
+        )
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units of uint8 (N, C, H, W) images, exactly, from one
+    256-bin histogram per channel (no float copy of the images)."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        h = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        n = h.sum().clamp(min=1)
+        m = (h * values).sum() / n
+        var = (h * (values - m) ** 2).sum() / n
+        means.append(float(m))
+        stds.append(max(float(var.sqrt()), 1e-3))  # a constant channel must not divide by zero
+    return tuple(means), tuple(stds)
+
+
+def assemble(
+    name: str,
+    labels: torch.Tensor,
+    parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    images: torch.Tensor | None = None,
+    reader: Reader | None = None,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    hflip: bool,
+    seed: int,
+    fraction: float,
+    classes: tuple[str, ...] = (),
+) -> Dataset:
+    """The Dataset over `images` (uint8 (N, C, S, S), in memory) or `reader` (streaming), whose
+    items `parts` = (train, val, test) positions divide."""
+
+    def split(idx: torch.Tensor) -> Split:
+        return Split(labels[idx], idx, images[idx] if images is not None else None, reader)
+
+    full_train, val, test = (split(p) for p in parts)
+    if full_train.images is not None:
+        mean, std = channel_stats(full_train.images)
+    else:  # a fixed sample (same for every run) of the training split, decoded once
+        g = torch.Generator().manual_seed(mix(SPLIT_SEED, len(full_train)))
+        pick = torch.randperm(len(full_train), generator=g)[:STATS_SAMPLE].sort().values
+        mean, std = channel_stats(reader.read(full_train.indices[pick].tolist(), threads=0))  # type: ignore[union-attr]
+    train = full_train.subset(nested_fraction(full_train.labels, fraction, seed))
+    return Dataset(name, num_classes, in_chans, image_size, mean, std, hflip, fraction, seed, train, val, test, classes)
