@@ -17,12 +17,14 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def make_parser() -> ArgParser:
-    from lab.cli import arch
+    from lab.cli import arch, probe, train
 
     parser = ArgParser(prog="lab", description="A neural-architecture search and scaling lab for vision models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
     arch.add_parser(sub)
+    train.add_parser(sub)
+    probe.add_parser(sub)
     return parser
 
 

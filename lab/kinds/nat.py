@@ -23,6 +23,8 @@ from lab.kinds.transformer import ACT_CHOICES, HeadsMixin, TokenBlock, attention
 
 
 class NeighborhoodAttention(nn.Module):
+    no_weight_decay = ("rpb",)
+
     def __init__(self, dim: int, heads: int, h: int, w: int, kernel: int, dilation: int, qkv_bias: bool):
         super().__init__()
         self.heads, self.h, self.w, self.kernel, self.dilation = heads, h, w, kernel, dilation

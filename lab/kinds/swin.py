@@ -26,6 +26,8 @@ from lab.kinds.transformer import ACT_CHOICES, HeadsMixin, TokenBlock, attention
 class WindowAttention(nn.Module):
     """Attention inside (shifted) windows of an h x w token grid, all windows in one batched call."""
 
+    no_weight_decay = ("relative_position_bias_table",)
+
     def __init__(self, dim: int, heads: int, h: int, w: int, window: tuple[int, int], shift: tuple[int, int],
                  qkv_bias: bool):
         super().__init__()

@@ -38,6 +38,8 @@ class PatchEmbed(nn.Module):
 class PrefixToken(nn.Module):
     """A learned token inserted after the `index` prefix tokens already in front of the grid."""
 
+    no_weight_decay = ("token",)  # parameter names the optimizer must not decay (lab/train/optim.py)
+
     def __init__(self, dim: int, index: int):
         super().__init__()
         self.index = index
@@ -50,6 +52,8 @@ class PrefixToken(nn.Module):
 
 
 class PositionEmbedding(nn.Module):
+    no_weight_decay = ("pos",)
+
     def __init__(self, n: int, dim: int):
         super().__init__()
         self.pos = nn.Parameter(torch.zeros(1, n, dim))

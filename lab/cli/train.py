@@ -1,0 +1,77 @@
+"""`lab train ARCH --dataset D`: one training run, a summary line, a checkpoint and a run record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 < value <= 1) or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from lab.train.recipes import PRESETS
+
+    p = sub.add_parser("train", help="train a grammar point on a dataset; record the run in Parquet")
+    p.add_argument("arch", metavar="NAME|TEXT", help="a name with optional multipliers (resnet18@28px,w=0.5) or grammar text")
+    p.add_argument("--dataset", default="mnist5k",
+                   help="mnist5k (default), digits, synthetic[:N], cifar10, cifar100, mnist, fashion-mnist, "
+                        "imagefolder:PATH, parquet:PATH")
+    p.add_argument("--recipe", default="default", choices=list(PRESETS), help="training preset (default: default)")
+    p.add_argument("--epochs", type=_positive, help="epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=_positive, help="batch size (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--fraction", type=_fraction, default=1.0, help="stratified fraction of the training split, in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and augmentation")
+    p.add_argument("--res", type=_positive, help="input resolution (default: the point's @px, else the dataset's image size)")
+    p.add_argument("--distill-from", metavar="CKPT", help="a lab checkpoint (model.pt) to distill from, DeiT style")
+    p.add_argument("--distill", choices=["hard", "soft"], help="distillation kind (default: the recipe's, hard)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--out", default="runs", help="folder of checkpoints and runs.parquet (default runs)")
+    p.add_argument("--data-root", help="where downloadable datasets live (default $LAB_DATA or ~/.cache/lab/data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run record as JSON instead of the summary line")
+    p.set_defaults(run=run_train)
+
+
+def summary_line(record: dict) -> str:
+    return (f"{record['text'][:60] + ('...' if len(record['text']) > 60 else '')} on {record['dataset']} "
+            f"({record['n_train']} train images, {record['epochs_done']} epochs): "
+            f"val top-1 {100 * record['val_top1']:.2f}%, test top-1 {100 * record['test_top1']:.2f}% | "
+            f"{record['params'] / 1e6:.3f}M params, {record['macs'] / 1e9:.4f} GMACs | "
+            f"{record['train_seconds']:.1f} s, {record['images_per_second']:.0f} img/s | {record['checkpoint']}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from lab.train.recipes import recipe
+    from lab.train.run import train
+
+    rec = recipe(args.recipe, distill=args.distill)
+    result = train(args.arch, args.dataset, recipe=rec, epochs=args.epochs, batch_size=args.batch_size,
+                   lr=args.lr, fraction=args.fraction, seed=args.seed, res=args.res,
+                   distill_from=args.distill_from, device=args.device, out=args.out, data_root=args.data_root,
+                   progress=not args.no_progress and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result.record, default=str))
+    else:
+        print(summary_line(result.record))
+    return 0

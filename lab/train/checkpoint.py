@@ -1,0 +1,72 @@
+"""Checkpoints: weights plus what is needed to rebuild them, as `model.pt` and `model.safetensors`.
+
+`model.pt` holds plain tensors, strings and numbers only, so `torch.load(path, weights_only=True)`
+reads it; `model.safetensors` holds the same tensors with the metadata as strings. Both are written
+to temporary names and renamed, so a checkpoint is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from lab.errors import TrainError
+
+META_KEYS = ("text", "num_classes", "in_chans", "res", "dataset", "mean", "std", "recipe", "run_id", "lab_version")
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict) -> Path:
+    """Write `folder/model.pt` and `folder/model.safetensors`; return the .pt path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {k: meta[k] for k in META_KEYS}
+    pt = folder / "model.pt"
+    _atomic(folder / "model.safetensors",
+            lambda p: save_file(state, str(p), metadata={k: json.dumps(v) for k, v in meta.items()}))
+    _atomic(pt, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
+    return pt
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """The model saved at `path` (a model.pt or model.safetensors, or their folder), in eval mode, and its metadata."""
+    from lab.build import build
+    from lab.grammar import parse
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.exists():
+        raise TrainError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+        else:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            state, meta = blob["state_dict"], blob["meta"]
+    except Exception as e:  # a foreign or truncated file: say which, in one line
+        raise TrainError(f"checkpoint {path} is not readable as a lab checkpoint ({type(e).__name__}: {e})") from None
+    if "text" not in meta:
+        raise TrainError(f"checkpoint {path} has no grammar text in its metadata: not a lab checkpoint")
+    model = build(parse(meta["text"]), num_classes=meta["num_classes"], in_chans=meta["in_chans"])
+    model.load_state_dict(state)
+    return model.eval(), meta
