@@ -113,7 +113,7 @@ def test_records_append_atomically_in_the_schema(tmp_path):
     assert t.column("run_id").to_pylist() == ["r1", "r2"]
     assert t.column("val_top1").to_pylist() == [0.5, 0.75]
     assert pq.read_schema(table).names == RUN_SCHEMA.names
-    assert sorted(p.name for p in table.parent.iterdir()) == ["runs.parquet", "runs.parquet.lock"]
+    assert sorted(p.name for p in table.parent.iterdir()) == [".runs.parquet.lock", "runs.parquet"]
 
 
 def test_record_errors_leave_the_table_intact(tmp_path):
@@ -154,3 +154,25 @@ def test_checkpoint_errors(tmp_path):
     junk.write_bytes(b"\x00garbage")
     with pytest.raises(TrainError, match="not readable as a lab checkpoint"):
         load_checkpoint(junk)
+
+
+# --- EMA -------------------------------------------------------------------------------------
+
+def test_ema_follows_the_warmup_formula():
+    from lab.train.module import ema_with_warmup
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(0.9), use_buffers=True)
+    ema.update_parameters(model)   # the first update copies
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in range(1, 30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(4, 3))   # moves the BatchNorm statistics and its counter
+        ema.update_parameters(model)
+        d = min(0.9, (1 + n) / (10 + n))   # the decay ramps up to 0.9 (reached at n = 80; here it is still ramping)
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+        for e, p in zip(expected, ema.module.parameters()):
+            torch.testing.assert_close(p, e)
+    assert ema.module[1].num_batches_tracked == model[1].num_batches_tracked   # counters are copied, not averaged

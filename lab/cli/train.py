@@ -53,12 +53,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_train)
 
 
-def summary_line(record: dict) -> str:
-    return (f"{record['text'][:60] + ('...' if len(record['text']) > 60 else '')} on {record['dataset']} "
-            f"({record['n_train']} train images, {record['epochs_done']} epochs): "
-            f"val top-1 {100 * record['val_top1']:.2f}%, test top-1 {100 * record['test_top1']:.2f}% | "
-            f"{record['params'] / 1e6:.3f}M params, {record['macs'] / 1e9:.4f} GMACs | "
-            f"{record['train_seconds']:.1f} s, {record['images_per_second']:.0f} img/s | {record['checkpoint']}")
+def _macs(macs: int) -> str:
+    return f"{macs / 1e9:.2f} GMACs" if macs >= 1e8 else f"{macs / 1e6:.2f} MMACs"
+
+
+def summary_line(record: dict, label: str) -> str:
+    """One line: what was trained on what, its accuracy, its cost and where its weights are."""
+    return (f"{label} [{record['arch_id']}] on {record['dataset']} ({record['n_train']} train images, "
+            f"{record['epochs_done']} epoch{'s' * (record['epochs_done'] != 1)}, {record['recipe']}): val top-1 {100 * record['val_top1']:.2f}%, "
+            f"test top-1 {100 * record['test_top1']:.2f}% | {record['params'] / 1e6:.3f}M params, "
+            f"{_macs(record['macs'])} | {record['train_seconds']:.1f} s, {record['images_per_second']:.0f} img/s | "
+            f"{record['checkpoint']}")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -73,5 +78,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.record, default=str))
     else:
-        print(summary_line(result.record))
+        label = args.arch if not args.arch.lstrip().startswith("@") else f"@{result.record['res']} point"
+        print(summary_line(result.record, label))
     return 0

@@ -58,7 +58,7 @@ RUN_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in RUN_FIELDS])
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    lock = path.with_name(path.name + ".lock")
+    lock = path.with_name(f".{path.name}.lock")
     with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
