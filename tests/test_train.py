@@ -37,8 +37,9 @@ def test_a_nan_loss_stops_training_and_is_recorded(tmp_path, monkeypatch):
 
     real = module.classification_loss
     monkeypatch.setattr(module, "classification_loss", lambda logits, t: real(logits, t) * float("nan"))
-    with pytest.raises(TrainError, match=r"training diverged: loss became nan at epoch 1, step 1; recorded as"):
+    with pytest.raises(TrainError, match=r"training diverged: loss became nan at epoch 1, step 1; recorded as") as failure:
         train(TINY_CONV, "mnist5k", epochs=2, batch_size=64, fraction=0.05, out=tmp_path)
+    assert failure.value.record["status"] == "diverged"
     row = read_records(tmp_path / "runs.parquet").to_pylist()[0]
     assert row["status"] == "diverged" and "loss became nan" in row["error"]
     assert row["checkpoint"] is None and row["val_top1"] is None and row["epochs_done"] == 0

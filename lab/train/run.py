@@ -202,5 +202,7 @@ def train(arch, dataset: str = "mnist5k", *, recipe="default", epochs: int | Non
         append_record(out / RUNS_TABLE, record)
     if status != "ok":
         where = f"; recorded as {run_id} in {out / RUNS_TABLE}" if out is not None else ""
-        raise TrainError(f"training diverged: {error}{where}")
+        failure = TrainError(f"training diverged: {error}{where}")
+        failure.record = record   # studies keep the row of a failed trial too
+        raise failure
     return RunResult(record, final, checkpoint, module.history)
