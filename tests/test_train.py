@@ -17,8 +17,10 @@ STUDENT = "@28 | patch(p=7,c=64),cls,dist,pos | mhsa(h=4) 4x64 | ln,distill"   #
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
-    runs = [train(TINY_CONV, "mnist5k", epochs=1, batch_size=64, fraction=0.1, seed=s, out=tmp_path)
-            for s in (3, 3, 4)]
+    seen: list[dict] = []
+    runs = [train(TINY_CONV, "mnist5k", epochs=1, batch_size=64, fraction=0.1, seed=s, out=tmp_path,
+                  on_epoch=seen.append) for s in (3, 3, 4)]
+    assert [e["epoch"] for e in seen] == [1, 1, 1] and seen[0]["val_top1"] == runs[0].record["val_top1"]
     keys = ["val_top1", "val_top5", "test_top1", "loss", "val_loss", "n_train", "params", "macs"]
     assert [runs[0].record[k] for k in keys] == [runs[1].record[k] for k in keys]
     assert runs[0].record["loss"] != runs[2].record["loss"]

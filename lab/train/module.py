@@ -85,7 +85,8 @@ def evaluate(model: nn.Module, batches, augment) -> dict:
 
 class LabModule(L.LightningModule):
     def __init__(self, model: nn.Module, recipe: Recipe, num_classes: int, n_train: int, steps_per_epoch: int,
-                 train_augment, eval_augment, val_batches, seed: int, teacher: Teacher | None = None):
+                 train_augment, eval_augment, val_batches, seed: int, teacher: Teacher | None = None,
+                 on_epoch=None):
         super().__init__()
         self.model = model
         self.recipe = recipe
@@ -95,6 +96,7 @@ class LabModule(L.LightningModule):
         self.val_batches = val_batches
         self.teacher = teacher
         self.seed = seed
+        self.on_epoch = on_epoch
         self.mixer = (Mixer(num_classes, mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha,
                             smoothing=recipe.label_smoothing) if recipe.mixes(n_train) else None)
         self.ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(recipe.ema), use_buffers=True)
@@ -154,8 +156,12 @@ class LabModule(L.LightningModule):
         self.train_seconds += time.perf_counter() - self._epoch_start
         self.last_loss = (self._loss_sum / max(self._steps, 1)).item()
         val = evaluate(self.eval_model, self.val_batches, self.eval_augment)
-        self.history.append({"epoch": self.current_epoch + 1, "loss": self.last_loss, "val_top1": val["top1"]})
+        epoch = {"epoch": self.current_epoch + 1, "loss": self.last_loss, "val_top1": val["top1"],
+                 "seconds": self.train_seconds}
+        self.history.append(epoch)
         self.log_dict({"loss": self.last_loss, "val_top1": val["top1"]}, prog_bar=True, logger=False)
+        if self.on_epoch is not None:
+            self.on_epoch(dict(epoch))
 
     def configure_optimizers(self):
         optimizer = make_optimizer(self.model, self.recipe)

@@ -12,6 +12,7 @@ import resource
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,22 +97,26 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen distillation teacher
 
 
-def train(arch, dataset: str = "mnist5k", *, recipe="default", epochs: int | None = None,
+def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, fraction: float = 1.0, seed: int = 0,
           res: int | None = None, distill_from: str | Path | None = None, device: str = "auto",
-          out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False) -> RunResult:
+          out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False,
+          on_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Train `arch` (a name with multipliers, grammar text or a Spec) on `dataset` and record the run.
 
-    The run's row is appended to `out/runs.parquet` and its weights saved in `out/RUN_ID/`
-    (`out=None` keeps nothing on disk). A run whose loss stops being finite is recorded with
-    status "diverged" and raises TrainError; bad input raises a LabError before anything is written.
+    `dataset` is a dataset string, or a loaded `lab.data.Dataset` (studies load it once per
+    worker; its own fraction and seed of the training split then apply). The run's row is appended
+    to `out/runs.parquet` and its weights saved in `out/RUN_ID/` (`out=None` keeps nothing on disk).
+    `on_epoch` is called after every epoch with {"epoch", "loss", "val_top1", "seconds"}. A run
+    whose loss stops being finite is recorded with status "diverged" and raises TrainError; bad
+    input raises a LabError before anything is written.
     """
     import lightning as L
 
     import lab
     from lab.catalog import family_of
     from lab.cost import cost
-    from lab.data import Augment, load_dataset
+    from lab.data import Augment, Dataset, load_dataset
     from lab.build import build
     from lab.train.checkpoint import load_checkpoint, save_checkpoint
     from lab.train.module import Diverged, LabModule, Teacher, evaluate
@@ -123,7 +128,8 @@ def train(arch, dataset: str = "mnist5k", *, recipe="default", epochs: int | Non
     rec = dataclasses.replace(rec, **{k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr).items()
                                       if v is not None})
     dev = pick_device(device)
-    ds = load_dataset(dataset, seed=seed, fraction=fraction, root=data_root, size=res)
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, seed=seed, fraction=fraction,
+                                                                   root=data_root, size=res)
     spec = _resolve_arch(arch, res, ds.image_size)
     teacher = None
     if distill_from is not None:
@@ -147,7 +153,7 @@ def train(arch, dataset: str = "mnist5k", *, recipe="default", epochs: int | Non
     eval_aug = Augment(ds, res=spec.res, train=False)
     val_batches = ds.val.batches(256, shuffle=False, device=dev)
     module = LabModule(model, rec, ds.num_classes, ds.n_train, len(train_batches), train_aug, eval_aug,
-                       val_batches, seed, teacher)
+                       val_batches, seed, teacher, on_epoch)
 
     _quiet_lightning()
     if dev.type == "cuda":
