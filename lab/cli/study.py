@@ -1,0 +1,179 @@
+"""`lab study create|resume|list|show|export`: studies over a search space, run by Ray Tune."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from pathlib import Path
+
+from lab.cli.table import render
+
+# flag -> StudyConfig field, for the settings `create` takes (None: not given on the command line)
+SETTINGS = {
+    "space": str, "dataset": str, "trials": int, "objectives": str, "epochs": int, "fraction": float,
+    "res": int, "recipe": str, "name": str, "sampler": str, "scheduler": str, "storage": str, "address": str,
+    "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "seed": int, "batch_size": int,
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="search a space: Optuna samples, Ray Tune trains, Parquet keeps every trial")
+    ssub = p.add_subparsers(dest="study_command", metavar="STUDY_COMMAND", parser_class=type(p))
+    ssub.required = True
+
+    create = ssub.add_parser("create", help="create a study and run it to its trial budget")
+    helps = {
+        "space": "search space: conv, isotropic, hierarchical, hybrid (default) or a YAML path",
+        "dataset": "dataset (default mnist5k)", "trials": "trained trials (default 20)",
+        "objectives": "objectives, e.g. val_acc:max,macs:min (the default)", "epochs": "epochs per trial (default 8)",
+        "fraction": "fraction of the training split (default 1)", "res": "input resolution (default: the space's)",
+        "recipe": "training recipe (default: default)", "name": "study name (default SPACE-DATASET-TIME)",
+        "sampler": "tpe (default), nsga2 or random", "scheduler": "asha (default; on the first objective) or fifo",
+        "storage": "Optuna storage URL (default: sqlite in the study folder)",
+        "address": "Ray cluster address (default: Ray on this machine)", "cpus_per_trial": "CPUs per trial (default 1)",
+        "gpus_per_trial": "GPUs per trial, fractions allowed (default 0)",
+        "concurrency": "trials at once (default 2)", "seed": "seed of the sampler and of every trial (default 0)",
+        "batch_size": "batch size (default 64)",
+    }
+    for field, kind in SETTINGS.items():
+        create.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None, help=helps[field])
+    create.add_argument("--recipe-file", help="a study recipe (studies/NAME.yaml); flags override its settings")
+    _common(create)
+    create.set_defaults(run=run_create)
+
+    resume = ssub.add_parser("resume", help="continue a study to its trial budget")
+    resume.add_argument("name")
+    _common(resume)
+    resume.set_defaults(run=run_resume)
+
+    ls = ssub.add_parser("list", help="the studies under the studies folder")
+    ls.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(run=run_list)
+
+    show = ssub.add_parser("show", help="a study's summary and Pareto table")
+    show.add_argument("name")
+    show.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=run_show)
+
+    export = ssub.add_parser("export", help="write a study's trials and epochs tables")
+    export.add_argument("name")
+    export.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    export.add_argument("--out", help="folder (default: STUDY/export)")
+    export.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    export.set_defaults(run=run_export)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    p.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+
+
+def config_from_args(args: argparse.Namespace):
+    from lab.study.config import StudyConfig, read_recipe_file
+
+    settings = read_recipe_file(args.recipe_file) if args.recipe_file else {}
+    settings.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None})
+    if "name" not in settings:
+        stem = Path(args.recipe_file).stem if args.recipe_file else None
+        space = Path(str(settings.get("space", "hybrid"))).stem
+        settings["name"] = stem or f"{space}-{settings.get('dataset', 'mnist5k').split(':')[0]}-{datetime.now():%Y%m%d-%H%M%S}"
+    return StudyConfig(**settings)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    from lab.study.runner import create
+
+    folder = create(config_from_args(args), root=args.root, verbose=0 if args.quiet else 1)
+    return _print_summary(folder, json_out=False)
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from lab.study.runner import resume
+
+    folder = resume(args.name, root=args.root, verbose=0 if args.quiet else 1)
+    return _print_summary(folder, json_out=False)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from lab.study.runner import folder_of
+    from lab.study.config import StudyError
+
+    folder = folder_of(args.name, args.root)
+    if not (folder / "study.yaml").exists():
+        raise StudyError(f"no study {args.name!r} in {folder.parent}")
+    return _print_summary(folder, json_out=args.json)
+
+
+def summary(folder: Path) -> dict:
+    """A study's settings, its trials by state and its Pareto set (complete trials only)."""
+    from lab.study.pareto import pareto_front, parse_objectives
+    from lab.study.store import StudyStore
+
+    store = StudyStore(folder)
+    config = store.load_config()
+    trials = store.trials()
+    states: dict[str, int] = {}
+    for s in trials.column("state").to_pylist():
+        states[s] = states.get(s, 0) + 1
+    objectives = parse_objectives(config["objectives"])
+    front = pareto_front(trials, objectives) if trials.num_rows else None
+    rows = [] if front is None else front.to_dict("records")
+    return {"name": config["name"], "folder": str(folder), "space": config["space"], "dataset": config["dataset"],
+            "budget": config["trials"], "states": states, "objectives": objectives, "pareto": rows}
+
+
+def _print_summary(folder: Path, json_out: bool) -> int:
+    info = summary(folder)
+    if json_out:
+        print(json.dumps(info, default=str))
+        return 0
+    states = ", ".join(f"{n} {s}" for s, n in sorted(info["states"].items()))
+    print(f"study {info['name']} ({info['folder']}): space {info['space']}, dataset {info['dataset']}, "
+          f"budget {info['budget']} trials; {states or 'no trials'}")
+    print(f"Pareto set ({', '.join(f'{m} {s}' for m, s in info['objectives'])}): {len(info['pareto'])} trial(s)")
+    headers = ["#", "val top-1", "test top-1", "MMACs", "params (M)", "kinds", "text"]
+    table = []
+    for r in info["pareto"]:
+        pct = lambda v: "" if v is None or v != v else f"{100 * v:.1f}%"  # noqa: E731
+        table.append([str(r["number"]), pct(r.get("val_top1")), pct(r.get("test_top1")),
+                      f"{r['macs'] / 1e6:.2f}" if r.get("macs") is not None else "",
+                      f"{r['params'] / 1e6:.3f}" if r.get("params") is not None else "",
+                      ",".join(list(r["kinds"]) if r.get("kinds") is not None else []), (r.get("text") or "")[:70]])
+    print(render(headers, table, align="<>>>><<") if table else "(no complete trials yet)")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from lab.study.config import studies_root
+
+    root = studies_root(args.root)
+    infos = [summary(p.parent) for p in sorted(root.glob("*/study.yaml"))] if root.exists() else []
+    if args.json:
+        print(json.dumps([{k: v for k, v in i.items() if k != "pareto"} for i in infos], default=str))
+        return 0
+    headers = ["name", "space", "dataset", "budget", "complete", "pruned", "failed", "rejected", "best val top-1"]
+    table = []
+    for i in infos:
+        best = max((r.get("val_top1") or 0 for r in i["pareto"]), default=None)
+        table.append([i["name"], i["space"], i["dataset"], str(i["budget"])]
+                     + [str(i["states"].get(s, 0)) for s in ("complete", "pruned", "failed", "rejected")]
+                     + ["" if best is None else f"{100 * best:.1f}%"])
+    print(render(headers, table, align="<<<>>>>>>") if infos else f"no studies in {root}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from lab.study.runner import folder_of
+    from lab.study.config import StudyError
+    from lab.study.store import StudyStore
+
+    folder = folder_of(args.name, args.root)
+    if not (folder / "study.yaml").exists():
+        raise StudyError(f"no study {args.name!r} in {folder.parent}")
+    paths = StudyStore(folder).export(args.out or folder / "export", args.format)
+    for p in paths:
+        print(p)
+    return 0

@@ -1,0 +1,217 @@
+"""Run a study: the driver loads the dataset once, binds LabSearch to the persistent Optuna study,
+and lets Ray Tune run `lab.train.run.train` trials (locally or on a cluster) until the budget is met.
+
+    folder = create(StudyConfig(name="demo", trials=4))   # or resume("demo")
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from lab.study.config import StudyConfig, StudyError, studies_root
+
+TRIAL_RESULT_KEYS = ("val_top1", "val_top5", "test_top1", "test_top5", "loss", "train_seconds",
+                     "images_per_second", "peak_memory", "device", "family", "n_train", "params", "macs",
+                     "epochs_done")
+
+
+# --- the trial: runs in a Ray worker ----------------------------------------------------------
+
+def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
+    """One trial: train the sampled point, report every epoch and a final result."""
+    import torch
+    from ray import tune
+
+    from lab.errors import TrainError
+    from lab.train.recipes import recipe
+    from lab.train.run import train
+
+    start = time.perf_counter()
+    torch.set_num_threads(max(1, int(settings["cpus"])))
+    number = config["number"]
+    worker = f"{socket.gethostname()}/{os.getpid()}"
+
+    def on_epoch(epoch: dict) -> None:
+        tune.report({"number": number, "kind": "epoch", "macs": config["macs"], "params": config["params"], **epoch})
+
+    final = {"number": number, "kind": "final", "worker": worker}
+    try:
+        hparams = {k: v for k, v in config["hparams"].items() if k not in ("epochs", "batch_size")}
+        rec = recipe(settings["recipe"], batch_size=settings["batch_size"], epochs=settings["epochs"], **hparams)
+        result = train(config["text"], data, recipe=rec, seed=settings["seed"], device=settings["device"],
+                       out=None, on_epoch=on_epoch)
+        final.update({k: result.record.get(k) for k in TRIAL_RESULT_KEYS}, state="complete")
+    except TrainError as e:   # diverged (the record comes along) or a bad recipe
+        record = getattr(e, "record", None) or {}
+        final.update({k: record.get(k) for k in TRIAL_RESULT_KEYS}, state="failed", error=str(e))
+    except Exception as e:  # noqa: BLE001 - a trial's failure is recorded; the study goes on
+        final.update(state="failed", error=f"{type(e).__name__}: {e}")
+    final["worker_seconds"] = time.perf_counter() - start
+    tune.report({k: v for k, v in final.items() if v is not None})
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+def _sampler(name: str, seed: int, trials: int):
+    import optuna
+
+    from lab.study.search import violation
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 2)),
+                                             constraints_func=violation)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, trials // 3)), constant_liar=True,
+                                      constraints_func=violation)
+
+
+def _open_storage(url: str):
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy/Optuna raise many kinds for a bad URL
+        first = (str(e).splitlines() or [""])[0]
+        raise StudyError(f"--storage {url}: cannot open it ({type(e).__name__}: {first})") from None
+
+
+def _check_address(address: str) -> None:
+    """Fail fast on an unreachable Ray address instead of Ray's long retry loop."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+            pass
+    except (OSError, ValueError) as e:
+        raise StudyError(f"--address {address}: no Ray head answers there ({e})") from None
+
+
+def _start_ray(config: StudyConfig) -> bool:
+    """Connect to the cluster at --address, or start Ray on this machine. Returns whether we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+    if config.address:
+        _check_address(config.address)
+        ray.init(address=config.address, runtime_env=env, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, runtime_env=env)
+    return True
+
+
+def folder_of(name: str, root: str | Path | None = None) -> Path:
+    return studies_root(root) / name
+
+
+def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1) -> Path:
+    """Create the study `config.name` (an error if it exists) and run it to its trial budget.
+    Everything that can be checked is checked before the study's folder is made."""
+    from lab.study.store import StudyStore
+
+    folder = folder_of(config.name, root)
+    if (folder / "study.yaml").exists():
+        raise StudyError(f"study {config.name!r} exists in {folder}: `lab study resume {config.name}` continues it")
+    prepared = _prepare(config)
+    store = StudyStore(folder)
+    store.save_config(config.to_dict())
+    return _run(config, store, prepared, verbose)
+
+
+def resume(name: str, root: str | Path | None = None, verbose: int = 1) -> Path:
+    """Continue the study `name` to its trial budget with its frozen settings."""
+    from lab.study.store import StudyStore
+
+    folder = folder_of(name, root)
+    if not (folder / "study.yaml").exists():
+        raise StudyError(f"no study {name!r} in {folder.parent}")
+    store = StudyStore(folder)
+    config = StudyConfig(**store.load_config())
+    return _run(config, store, _prepare(config), verbose)
+
+
+def _prepare(config: StudyConfig) -> tuple[list, object, object]:
+    """The objectives, the space and the dataset (loaded once, in the driver), after every check
+    that needs no study folder: objectives, space file, dataset, a feasible point, storage URL, Ray address."""
+    from lab.data import load_dataset
+    from lab.study.pareto import parse_objectives
+    from lab.study.space import load_space
+
+    try:
+        objectives = parse_objectives(config.objectives)
+    except ValueError as e:
+        raise StudyError(f"--objectives: {e}") from None
+    space = load_space(config.space)
+    data = load_dataset(config.dataset, seed=config.seed, fraction=config.fraction)
+    space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans)
+    if config.storage:
+        _open_storage(config.storage)
+    if config.address:
+        _check_address(config.address)
+    return objectives, space, data
+
+
+def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
+    import lab
+    from lab.study.search import LabSearch, counted, reconcile
+
+    objectives, space, data = prepared
+    storage = _open_storage(config.storage or store.optuna_url)
+    base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
+                "recipe": config.recipe, "seed": config.seed, "lab_version": lab.__version__}
+    base_row = {k: v for k, v in base_row.items() if k in store_columns()}
+    searcher = LabSearch(space, store, objectives, _sampler(config.sampler, config.seed, config.trials),
+                         config.name, storage, base_row, data.num_classes, data.in_chans, config.res)
+    reconcile(searcher.study, store, objectives, base_row)
+    remaining = config.trials - counted(store.trials().to_pylist())
+    if remaining > 0:
+        _tune(config, searcher, data, objectives, store, remaining, verbose)
+    store.compact()
+    return store.folder
+
+
+def store_columns() -> set[str]:
+    from lab.study.store import TRIAL_SCHEMA
+
+    return set(TRIAL_SCHEMA.names)
+
+
+def _tune(config: StudyConfig, searcher, data, objectives, store, remaining: int, verbose: int) -> None:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    # failed trials report no accuracy, epochs report no test accuracy: LabSearch reads what each
+    # result has, so Tune must not insist that every result carries every objective
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    started = _start_ray(config)
+    try:
+        metric, mode = objectives[0]
+        scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
+                                   max_t=config.epochs + 1, grace_period=1, reduction_factor=3)
+                     if config.scheduler == "asha" and config.epochs > 1 else FIFOScheduler())
+        settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
+                    "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
+                    "cpus": config.cpus_per_trial}
+        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, settings=settings),
+                                        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.concurrency),
+                                        scheduler=scheduler, num_samples=remaining, reuse_actors=True),
+            run_config=tune.RunConfig(name=f"run-{datetime.now():%Y%m%d-%H%M%S}", storage_path=str(store.folder / "ray"),
+                                      verbose=verbose, log_to_file=True),
+        )
+        tuner.fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()

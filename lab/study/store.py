@@ -1,0 +1,387 @@
+"""The study store: one folder per study holding its frozen recipe, one row per trial and each
+trial's learning curve, as Parquet tables with fixed, documented schemas.
+
+Layout of a study folder::
+
+    study.yaml                      the frozen study recipe (space, dataset, objectives, recipe, ...)
+    trials/part-000042.parquet      one fragment per trial (the latest write of that trial)
+    epochs/part-000042.parquet      that trial's per-epoch curve
+    trials.parquet, epochs.parquet  compacted rows (`compact()` merges the fragments into them)
+    optuna.db                       the default Optuna storage (`optuna_url`)
+
+Every file is written to a temporary file beside it and renamed over it, so a crash never leaves
+a half-written file. Workers write fragments of different trials without coordination (a shared
+lock); `compact()` takes the lock exclusively, writes the merged table, then deletes the merged
+fragments. A reader deduplicates by trial number, a fragment winning over compacted rows, so a
+crash at any point of a compaction leaves a store that reads the same as before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from lab.errors import LabError
+
+STATES = ("complete", "pruned", "failed", "rejected")
+
+# name, type, meaning (like RUN_FIELDS in lab/train/record.py)
+TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
+    ("number", pa.int64(), "the Optuna trial number (unique within the study)"),
+    ("state", pa.string(), "complete; pruned (stopped early by the scheduler); failed (raised or "
+                           "diverged, see error); rejected (invalid or over budget, never trained)"),
+    ("error", pa.string(), "why a trial that is not complete stopped or was rejected; null when complete"),
+    ("arch_id", pa.string(), "stable id of the grammar point (hash of its canonical text)"),
+    ("text", pa.string(), "canonical grammar text of the point (at the trained resolution)"),
+    ("family", pa.string(), "named family, or the block kinds it is made of"),
+    ("kinds", pa.list_(pa.string()), "block kinds its stages use"),
+    ("layout", pa.string(), "isotropic (one stage, no transition) or hierarchical"),
+    ("stem", pa.string(), "conv or patch"),
+    ("params", pa.int64(), "parameters of the model (its classes and input channels)"),
+    ("macs", pa.int64(), "multiply-accumulates per image at the trained resolution"),
+    ("res", pa.int32(), "input resolution"),
+    ("dataset", pa.string(), "dataset string (mnist5k, synthetic:20000, imagefolder:PATH, ...)"),
+    ("fraction", pa.float64(), "fraction of the training split used"),
+    ("n_train", pa.int64(), "training images used"),
+    ("epochs", pa.int32(), "epochs asked for"),
+    ("epochs_done", pa.int32(), "epochs completed"),
+    ("recipe", pa.string(), "recipe preset name"),
+    ("hparams", pa.string(), "JSON object of the sampled hyperparameters and grammar variables"),
+    ("seed", pa.int64(), "seed of initialization, data order and augmentation"),
+    ("val_top1", pa.float64(), "top-1 accuracy on the validation split, in [0, 1]"),
+    ("val_top5", pa.float64(), "top-5 accuracy on the validation split"),
+    ("test_top1", pa.float64(), "top-1 accuracy on the test split"),
+    ("test_top5", pa.float64(), "top-5 accuracy on the test split"),
+    ("loss", pa.float64(), "mean training loss of the last epoch"),
+    ("val_loss", pa.float64(), "mean cross-entropy on the validation split"),
+    ("train_seconds", pa.float64(), "seconds in training epochs (not evaluation)"),
+    ("images_per_second", pa.float64(), "training images per second"),
+    ("worker_seconds", pa.float64(), "seconds the trial ran in its worker: model build, Lightning set-up, training, evaluation"),
+    ("peak_memory", pa.int64(), "bytes: CUDA max allocated, or the process's peak resident memory on the CPU"),
+    ("device", pa.string(), "cpu, or the GPU's name"),
+    ("started_at", pa.timestamp("us", tz="UTC"), "when the trial started"),
+    ("finished_at", pa.timestamp("us", tz="UTC"), "when the trial finished (null while running)"),
+    ("worker", pa.string(), "host/pid of the process that ran it"),
+    ("checkpoint", pa.string(), "path of the saved weights; null when none was written"),
+    ("lab_version", pa.string(), "version of the lab that ran it"),
+]
+TRIAL_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in TRIAL_FIELDS])
+
+EPOCH_FIELDS: list[tuple[str, pa.DataType, str]] = [
+    ("number", pa.int64(), "the trial number"),
+    ("epoch", pa.int32(), "1-based epoch index"),
+    ("loss", pa.float64(), "mean training loss of that epoch"),
+    ("val_top1", pa.float64(), "top-1 validation accuracy at the end of that epoch"),
+    ("seconds", pa.float64(), "cumulative training seconds at the end of that epoch"),
+]
+EPOCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in EPOCH_FIELDS])
+
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class StoreError(LabError):
+    """A study folder that cannot be read as one: missing or corrupt config, a foreign table."""
+
+
+# --- validation ------------------------------------------------------------------------------
+
+def _check_value(name: str, type_: pa.DataType, value: Any) -> Any:
+    """`value` as the column `name` of type `type_` stores it; ValueError naming the column."""
+    if value is None:
+        return None
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"column {name!r}: expected {expected}, got {type(value).__name__} {value!r}")
+
+    if pa.types.is_integer(type_):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise bad("an integer")
+        lo, hi = _INT32 if pa.types.is_int32(type_) else _INT64
+        if not lo <= int(value) <= hi:
+            raise bad(f"an integer in [{lo}, {hi}]")
+        return int(value)
+    if pa.types.is_floating(type_):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise bad("a number")
+        return float(value)
+    if pa.types.is_string(type_):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if pa.types.is_list(type_):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return list(value)
+    if pa.types.is_timestamp(type_):
+        if not isinstance(value, dt.datetime):
+            raise bad("a datetime")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise bad("a timezone-aware datetime (naive times are ambiguous)")
+        return value
+    raise AssertionError(f"no check for {type_}")  # pragma: no cover - every schema type is handled
+
+
+def _check_row(row: dict, schema: pa.Schema, what: str) -> dict:
+    unknown = [k for k in row if k not in schema.names]
+    if unknown:
+        raise ValueError(f"{what}: unknown column {unknown[0]!r} (columns: {', '.join(schema.names)})")
+    return {f.name: _check_value(f.name, f.type, row.get(f.name)) for f in schema}
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp)` for a temporary file beside `path`, then rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path, schema: pa.Schema, what: str) -> pa.Table:
+    """The table at `path` in `schema`'s columns and order; StoreError naming the file otherwise."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise StoreError(f"{path}: not a readable Parquet file ({e})") from None
+    for field in schema:
+        if field.name not in table.column_names:
+            raise StoreError(f"{path}: not a study {what} table (missing column {field.name!r})")
+    columns = []
+    for field in schema:
+        try:
+            columns.append(table.column(field.name).cast(field.type))
+        except (pa.ArrowException, TypeError) as e:
+            raise StoreError(f"{path}: column {field.name!r} is {table.schema.field(field.name).type}, "
+                             f"not {field.type} ({e})") from None
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _fragment_number(path: Path) -> int:
+    return int(path.stem.removeprefix("part-"))
+
+
+def _merge(compacted: pa.Table | None, fragments: list[pa.Table], schema: pa.Schema,
+           sort: list[str]) -> pa.Table:
+    """Compacted rows minus the trial numbers any fragment holds, plus the fragments, sorted."""
+    parts = [f for f in fragments if f.num_rows] or [schema.empty_table()]
+    tables = list(parts)
+    if compacted is not None and compacted.num_rows:
+        covered = pa.array(sorted({n for f in fragments for n in f.column("number").to_pylist()}),
+                           pa.int64())
+        keep = pc.invert(pc.is_in(compacted.column("number"), value_set=covered))
+        tables.insert(0, compacted.filter(keep))
+    merged = pa.concat_tables(tables)
+    return merged.sort_by([(name, "ascending") for name in sort]).combine_chunks()
+
+
+# --- the store -------------------------------------------------------------------------------
+
+class StudyStore:
+    """The files of one study (see the module docstring for the layout)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).resolve()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.folder / "study.yaml"
+        self.trials_path = self.folder / "trials.parquet"
+        self.epochs_path = self.folder / "epochs.parquet"
+        self.trials_dir = self.folder / "trials"
+        self.epochs_dir = self.folder / "epochs"
+
+    def __repr__(self) -> str:
+        return f"StudyStore({str(self.folder)!r})"
+
+    @property
+    def optuna_url(self) -> str:
+        """The default Optuna storage URL: a SQLite file in the study folder."""
+        return f"sqlite:///{self.folder}/optuna.db"
+
+    # locking: fragment writers and readers share the lock, compaction holds it alone
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        lock = self.folder / ".store.lock"
+        try:
+            fh = open(lock, "a")
+        except OSError:        # a read-only study folder: nobody can be writing to it
+            if exclusive:
+                raise
+            yield
+            return
+        with fh:
+            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # config
+    def save_config(self, config: dict) -> None:
+        """Write the frozen study recipe to study.yaml, atomically."""
+        if not isinstance(config, dict):
+            raise ValueError(f"study config must be a dict, got {type(config).__name__}")
+        try:
+            text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+        except yaml.YAMLError as e:
+            raise ValueError(f"study config is not plain YAML data ({str(e).splitlines()[0]})") from None
+        _atomic_write(self.config_path, lambda tmp: Path(tmp).write_text(text))
+
+    def load_config(self) -> dict:
+        """The study recipe saved by `save_config`."""
+        path = self.config_path
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise StoreError(f"{path}: no study config (file not found)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise StoreError(f"{path}: unreadable study config ({e})") from None
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise StoreError(f"{path}: corrupt study config ({' '.join(str(e).split())})") from None
+        if not isinstance(config, dict):
+            raise StoreError(f"{path}: corrupt study config (not a mapping but {type(config).__name__})")
+        return config
+
+    # writing
+    def write_trial(self, row: dict) -> None:
+        """Write one trial as its own fragment; a later write of the same number replaces it.
+
+        Columns left out are null; `hparams` may be given as a dict (stored as sorted JSON).
+        """
+        row = dict(row)
+        if isinstance(row.get("hparams"), dict):
+            row["hparams"] = json.dumps(row["hparams"], sort_keys=True)
+        checked = _check_row(row, TRIAL_SCHEMA, "trial row")
+        if checked["number"] is None or checked["number"] < 0:
+            raise ValueError(f"column 'number': expected a trial number >= 0, got {checked['number']!r}")
+        if checked["state"] not in STATES:
+            raise ValueError(f"column 'state': expected one of {', '.join(STATES)}, got {checked['state']!r}")
+        if checked["hparams"] is not None:
+            try:
+                parsed = json.loads(checked["hparams"])
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise ValueError(f"column 'hparams': expected a JSON object, got {checked['hparams']!r}")
+        table = pa.Table.from_pylist([checked], schema=TRIAL_SCHEMA)
+        self._write_fragment(self.trials_dir, checked["number"], table)
+
+    def write_epochs(self, number: int, rows: list[dict]) -> None:
+        """Write trial `number`'s per-epoch curve; it replaces every earlier row of that trial."""
+        number = _check_value("number", pa.int64(), number)
+        if number is None or number < 0:
+            raise ValueError(f"column 'number': expected a trial number >= 0, got {number!r}")
+        checked = []
+        for row in rows:
+            c = _check_row(row, EPOCH_SCHEMA, f"epoch row of trial {number}")
+            if c["number"] is not None and c["number"] != number:
+                raise ValueError(f"column 'number': epoch row says {c['number']}, not trial {number}")
+            if c["epoch"] is None:
+                raise ValueError(f"column 'epoch': missing in an epoch row of trial {number}")
+            c["number"] = number
+            checked.append(c)
+        epochs = [c["epoch"] for c in checked]
+        if len(set(epochs)) != len(epochs):
+            raise ValueError(f"column 'epoch': repeated epochs in trial {number}: {epochs}")
+        table = pa.Table.from_pylist(checked, schema=EPOCH_SCHEMA)
+        self._write_fragment(self.epochs_dir, number, table)
+
+    def _write_fragment(self, folder: Path, number: int, table: pa.Table) -> None:
+        folder.mkdir(exist_ok=True)
+        with self._locked(exclusive=False):
+            _atomic_write(folder / f"part-{number:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
+
+    # reading
+    def _fragments(self, folder: Path, schema: pa.Schema, what: str) -> tuple[list[Path], list[pa.Table]]:
+        paths = sorted(folder.glob("part-*.parquet"), key=_fragment_number) if folder.is_dir() else []
+        return paths, [_read(p, schema, what) for p in paths]
+
+    def _table(self, compacted: Path, folder: Path, schema: pa.Schema, what: str,
+               sort: list[str]) -> tuple[pa.Table, list[Path]]:
+        paths, fragments = self._fragments(folder, schema, what)
+        old = _read(compacted, schema, what) if compacted.exists() else None
+        if what == "trial":  # two fragments of one trial (never written so): the later file wins
+            latest = {}
+            for table in fragments:
+                for i, n in enumerate(table.column("number").to_pylist()):
+                    latest[n] = table.slice(i, 1)
+            fragments = list(latest.values())
+        return _merge(old, fragments, schema, sort), paths
+
+    def trials(self) -> pa.Table:
+        """Every trial once (its latest write), sorted by number, in TRIAL_SCHEMA."""
+        with self._locked(exclusive=False):
+            return self._table(self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"])[0]
+
+    def epochs(self) -> pa.Table:
+        """Every trial's latest curve, sorted by (number, epoch), in EPOCH_SCHEMA."""
+        with self._locked(exclusive=False):
+            return self._table(self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch",
+                               ["number", "epoch"])[0]
+
+    # maintenance
+    def compact(self) -> None:
+        """Merge the fragments into trials.parquet / epochs.parquet, then delete them.
+
+        Each compacted table is renamed into place before any fragment it holds is deleted, so
+        a crash leaves the fragments, the compacted rows, or both, and readers deduplicate.
+        """
+        with self._locked(exclusive=True):
+            for folder in (self.folder, self.trials_dir, self.epochs_dir):  # leftovers of crashed writes
+                if folder.is_dir():
+                    for tmp in folder.glob(".*.tmp"):
+                        tmp.unlink(missing_ok=True)
+            for compacted, folder, schema, what, sort in (
+                (self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"]),
+                (self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch", ["number", "epoch"]),
+            ):
+                table, paths = self._table(compacted, folder, schema, what, sort)
+                if not paths and compacted.exists():
+                    continue
+                _atomic_write(compacted, lambda tmp: pq.write_table(table, tmp))
+                for path in paths:
+                    path.unlink(missing_ok=True)
+
+    def export(self, dest: str | Path, format: Literal["parquet", "csv"] = "parquet") -> list[Path]:
+        """Write <dest>/trials.<ext> and <dest>/epochs.<ext>; return their paths.
+
+        In CSV, list columns (`kinds`) are JSON arrays and times are ISO 8601 in UTC.
+        """
+        if format not in ("parquet", "csv"):
+            raise ValueError(f"export format {format!r}: expected parquet or csv")
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        out = []
+        for name, table in (("trials", self.trials()), ("epochs", self.epochs())):
+            path = dest / f"{name}.{format}"
+            if format == "parquet":
+                _atomic_write(path, lambda tmp, t=table: pq.write_table(t, tmp))
+            else:
+                frame = table.to_pandas()
+                for field in table.schema:
+                    if pa.types.is_list(field.type):
+                        frame[field.name] = [None if v is None else json.dumps(list(v))
+                                             for v in frame[field.name]]
+                _atomic_write(path, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+            out.append(path)
+        return out
+

@@ -1,0 +1,217 @@
+"""Studies end to end through real Ray Tune, Optuna and Lightning (small: a few trials, 1 epoch, a
+small fraction of mnist5k), resuming after kill -9, a Ray cluster, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from lab.cli.main import main
+from lab.study.config import StudyConfig, StudyError
+from lab.study.runner import create, resume
+from lab.study.store import StudyStore
+
+SMALL = dict(dataset="mnist5k", fraction=0.05, epochs=1, batch_size=32, concurrency=2, seed=0)
+
+
+def _optuna_trials(folder: Path, name: str) -> dict[int, optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder}/optuna.db")
+    return {t.number: t for t in study.get_trials(deepcopy=False)}
+
+
+def _agree(folder: Path, name: str) -> list[dict]:
+    """The Parquet trials and the Optuna study agree trial for trial; returns the Parquet rows."""
+    rows = StudyStore(folder).trials().to_pylist()
+    trials = _optuna_trials(folder, name)
+    assert sorted(r["number"] for r in rows) == sorted(trials), "a trial is missing on one side"
+    for r in rows:
+        t = trials[r["number"]]
+        assert t.user_attrs.get("state") == r["state"], (r, t)
+        if r["state"] == "rejected":   # told as a complete trial whose constraint is violated: never trained
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["violation"] == 1.0
+        elif r["state"] == "complete":
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.values == [r["val_top1"], r["macs"]]
+        elif r["state"] == "pruned":
+            assert t.state == optuna.trial.TrialState.PRUNED
+        else:
+            assert t.state == optuna.trial.TrialState.FAIL
+    return rows
+
+
+def test_a_small_study_end_to_end(tmp_path):
+    folder = create(StudyConfig(name="e2e", space="hybrid", trials=4, **SMALL), root=tmp_path, verbose=0)
+    rows = _agree(folder, "e2e")
+    trained = [r for r in rows if r["state"] != "rejected"]
+    assert len(trained) == 4 and all(r["state"] == "complete" for r in trained), rows
+    for r in trained:
+        assert 0 <= r["val_top1"] <= 1 and r["test_top1"] is not None and r["n_train"] == 200
+        assert r["macs"] > 0 and r["params"] > 0 and r["text"].startswith("@") and r["kinds"]
+    # at least two trials ran at once (two workers; their time spans overlap)
+    spans = sorted((r["started_at"], r["finished_at"]) for r in trained)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+    assert len({r["worker"] for r in trained}) >= 2
+    epochs = StudyStore(folder).epochs().to_pylist()
+    assert sorted(e["number"] for e in epochs) == sorted(r["number"] for r in trained)
+    config = json.loads(json.dumps(StudyStore(folder).load_config()))
+    assert config["trials"] == 4 and config["space"] == "hybrid"
+    assert not list((folder / "trials").glob("*.parquet"))   # compacted
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
+    space = tmp_path / "bad_recipe.yaml"
+    space.write_text(BAD_RECIPE_SPACE)
+    folder = create(StudyConfig(name="fails", space=str(space), trials=2, **SMALL), root=tmp_path, verbose=0)
+    rows = [r for r in _agree(folder, "fails") if r["state"] != "rejected"]
+    assert len(rows) == 2 and all(r["state"] == "failed" and "diverged: loss became nan" in r["error"] for r in rows)
+
+
+# every point is valid, but a learning rate of 1e30 makes every trial diverge (NaN loss) in its worker
+BAD_RECIPE_SPACE = """
+res: 28
+vars:
+  width: {choice: [8, 16]}
+hparams:
+  lr: {choice: [1.0e+30]}
+text: "@{res} | conv(c={width},k=3,s=2),bn,relu | basic 1x{width} | gap,fc"
+"""
+
+
+EMPTY_SPACE = """
+res: 28
+budget: {max_macs: 1}
+vars:
+  width: {choice: [8, 16]}
+text: "@{res} | conv(c={width},k=3,s=2),bn,relu | basic 1x{width} | gap,fc"
+"""
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--space", "{empty}"], "feasible"),
+    (["--space", "{broken}"], "broken.yaml"),
+    (["--space", "nowhere"], "nowhere"),
+    (["--objectives", "val_acc:max,speed:min"], "speed"),
+    (["--storage", "mysql+nodriver://x/y"], "--storage"),
+    (["--address", "127.0.0.1:9"], "--address 127.0.0.1:9"),
+    (["--dataset", "imagenet"], "imagenet"),
+    (["--trials", "0"], "trials"),
+    (["--sampler", "grid"], "sampler"),
+])
+def test_bad_study_input_is_one_line_exit_2_and_leaves_no_study(tmp_path, capsys, flags, message):
+    (tmp_path / "empty.yaml").write_text(EMPTY_SPACE)
+    (tmp_path / "broken.yaml").write_text("res: 28\nvars: {width: [8, 16]\n")
+    flags = [f.format(empty=tmp_path / "empty.yaml", broken=tmp_path / "broken.yaml") for f in flags]
+    rc = main(["study", "create", "--name", "bad", "--root", str(tmp_path / "studies"), "--quiet", *flags])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "studies" / "bad").exists()
+
+
+def test_study_cli_show_list_export(tmp_path, capsys):
+    root = str(tmp_path / "studies")
+    rc = main(["study", "create", "--name", "cli", "--root", root, "--quiet", "--trials", "2", "--fraction", "0.05",
+               "--epochs", "1", "--space", "conv"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "study cli" in out and "Pareto set" in out
+    assert main(["study", "show", "cli", "--root", root, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["states"].get("complete") == 2 and info["pareto"]
+    assert main(["study", "list", "--root", root]) == 0 and "cli" in capsys.readouterr().out
+    assert main(["study", "export", "cli", "--root", root, "--format", "csv", "--out", str(tmp_path / "x")]) == 0
+    import pandas as pd
+
+    assert len(pd.read_csv(tmp_path / "x" / "trials.csv").query("state == 'complete'")) == 2
+    assert main(["study", "resume", "cli", "--root", root, "--quiet"]) == 0   # the budget is met: nothing to run
+    assert json.loads(json.dumps(StudyStore(tmp_path / "studies" / "cli").load_config()))["trials"] == 2
+    assert main(["study", "show", "nope", "--root", root]) == 2
+
+
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    root = tmp_path / "studies"
+    folder = root / "r"
+    cmd = [sys.executable, "-m", "lab.cli.main", "study", "create", "--name", "r", "--root", str(root), "--quiet",
+           "--space", "conv", "--trials", "4", "--concurrency", "1", "--fraction", "0.05", "--epochs", "2",
+           "--scheduler", "fifo", "--batch-size", "32"]
+    driver = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        complete: list[dict] = []
+        while time.time() < deadline and not complete:
+            time.sleep(0.5)
+            if (folder / "study.yaml").exists():
+                complete = [r for r in StudyStore(folder).trials().to_pylist() if r["state"] == "complete"]
+        assert complete, "no trial completed before the deadline"
+        os.kill(driver.pid, signal.SIGKILL)   # mid-study: later trials are running or not yet asked
+        driver.wait(timeout=30)
+    finally:
+        try:   # the killed driver's Ray processes share its session: stop them too
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = {r["number"]: r for r in StudyStore(folder).trials().to_pylist() if r["state"] == "complete"}
+    resume("r", root=root, verbose=0)
+    rows = _agree(folder, "r")
+    done = [r for r in rows if r["state"] in ("complete", "pruned") or
+            (r["state"] == "failed" and not r["error"].startswith("interrupted"))]
+    assert len(done) == 4                                   # the budget is met, not exceeded
+    after = {r["number"]: r for r in rows}
+    for number, row in before.items():                       # no completed trial lost or run twice
+        assert after[number]["val_top1"] == row["val_top1"] and after[number]["finished_at"] == row["finished_at"]
+    assert len(rows) == len({r["number"] for r in rows})
+    assert all(r["state"] != "failed" or r["error"].startswith("interrupted") for r in rows)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_study_on_a_ray_cluster(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    started = subprocess.run(RAY + ["start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                                    "--include-dashboard=false"], capture_output=True, text=True, timeout=180, env=env)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        folder = create(StudyConfig(name="cluster", space="conv", trials=2, address=f"127.0.0.1:{port}", **SMALL),
+                        root=tmp_path, verbose=0)
+        rows = [r for r in _agree(folder, "cluster") if r["state"] != "rejected"]
+        assert len(rows) == 2 and all(r["state"] == "complete" for r in rows)
+    finally:
+        subprocess.run(RAY + ["stop", "--force"], capture_output=True, timeout=180, env=env)
+
+
+def test_shipped_study_recipes_are_valid():
+    from lab.study.config import read_recipe_file
+    from lab.study.space import load_space
+
+    recipes = sorted(Path(__file__).resolve().parents[1].joinpath("studies").glob("*.yaml"))
+    assert any(p.name == "hybrid-mnist5k.yaml" for p in recipes)
+    for path in recipes:
+        config = StudyConfig(name=path.stem, **read_recipe_file(path))
+        load_space(config.space)
+
+
+def test_a_bad_recipe_file_names_the_setting(tmp_path):
+    from lab.study.config import read_recipe_file
+
+    bad = tmp_path / "x.yaml"
+    bad.write_text("space: hybrid\ntrails: 20\n")
+    with pytest.raises(StudyError, match="unknown setting 'trails'"):
+        read_recipe_file(bad)
+    bad.write_text("space: [hybrid\n")
+    with pytest.raises(StudyError, match=r"x.yaml \(line 2\): not valid YAML"):
+        read_recipe_file(bad)
