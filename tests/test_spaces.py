@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -426,3 +427,12 @@ def test_point_keeps_the_fields_a_study_rebuilds():
 ])
 def test_describe(name, kinds, layout, stem):
     assert describe(lab.named(name)) == {"kinds": kinds, "layout": layout, "stem": stem}
+
+
+def test_the_readme_format_example_loads_and_has_feasible_points(tmp_path):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", readme[readme.index("### The format"):], re.S).group(1)
+    (tmp_path / "tiny.yaml").write_text(example)
+    assert load_space(str(tmp_path / "tiny.yaml")).check_feasible(num_classes=10, in_chans=1) > 0
