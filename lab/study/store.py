@@ -35,48 +35,50 @@ import pyarrow.parquet as pq
 import yaml
 
 from lab.errors import LabError
+from lab.train.record import RUN_FIELDS
 
 STATES = ("complete", "pruned", "failed", "rejected")
 
-# name, type, meaning (like RUN_FIELDS in lab/train/record.py)
+# name, type, meaning; a trial is a training run, so the run's own columns come from RUN_FIELDS
+RUN = {field[0]: field for field in RUN_FIELDS}
 TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("number", pa.int64(), "the Optuna trial number (unique within the study)"),
     ("state", pa.string(), "complete; pruned (stopped early by the scheduler); failed (raised or "
                            "diverged, see error); rejected (invalid or over budget, never trained)"),
     ("error", pa.string(), "why a trial that is not complete stopped or was rejected; null when complete"),
-    ("arch_id", pa.string(), "stable id of the grammar point (hash of its canonical text)"),
-    ("text", pa.string(), "canonical grammar text of the point (at the trained resolution)"),
-    ("family", pa.string(), "named family, or the block kinds it is made of"),
+    RUN["arch_id"],
+    RUN["text"],
+    RUN["family"],
     ("kinds", pa.list_(pa.string()), "block kinds its stages use"),
     ("layout", pa.string(), "isotropic (one stage, no transition) or hierarchical"),
     ("stem", pa.string(), "conv or patch"),
-    ("params", pa.int64(), "parameters of the model (its classes and input channels)"),
-    ("macs", pa.int64(), "multiply-accumulates per image at the trained resolution"),
-    ("res", pa.int32(), "input resolution"),
-    ("dataset", pa.string(), "dataset string (mnist5k, synthetic:20000, imagefolder:PATH, ...)"),
-    ("fraction", pa.float64(), "fraction of the training split used"),
-    ("n_train", pa.int64(), "training images used"),
-    ("epochs", pa.int32(), "epochs asked for"),
-    ("epochs_done", pa.int32(), "epochs completed"),
-    ("recipe", pa.string(), "recipe preset name"),
+    RUN["params"],
+    RUN["macs"],
+    RUN["res"],
+    RUN["dataset"],
+    RUN["fraction"],
+    RUN["n_train"],
+    RUN["epochs"],
+    RUN["epochs_done"],
+    RUN["recipe"],
     ("hparams", pa.string(), "JSON object of the sampled hyperparameters and grammar variables"),
-    ("seed", pa.int64(), "seed of initialization, data order and augmentation"),
-    ("val_top1", pa.float64(), "top-1 accuracy on the validation split, in [0, 1]"),
-    ("val_top5", pa.float64(), "top-5 accuracy on the validation split"),
-    ("test_top1", pa.float64(), "top-1 accuracy on the test split"),
-    ("test_top5", pa.float64(), "top-5 accuracy on the test split"),
-    ("loss", pa.float64(), "mean training loss of the last epoch"),
-    ("val_loss", pa.float64(), "mean cross-entropy on the validation split"),
-    ("train_seconds", pa.float64(), "seconds in training epochs (not evaluation)"),
-    ("images_per_second", pa.float64(), "training images per second"),
+    RUN["seed"],
+    RUN["val_top1"],
+    RUN["val_top5"],
+    RUN["test_top1"],
+    RUN["test_top5"],
+    RUN["loss"],
+    RUN["val_loss"],
+    RUN["train_seconds"],
+    RUN["images_per_second"],
     ("worker_seconds", pa.float64(), "seconds the trial ran in its worker: model build, Lightning set-up, training, evaluation"),
-    ("peak_memory", pa.int64(), "bytes: CUDA max allocated, or the process's peak resident memory on the CPU"),
-    ("device", pa.string(), "cpu, or the GPU's name"),
+    RUN["peak_memory"],
+    RUN["device"],
     ("started_at", pa.timestamp("us", tz="UTC"), "when the trial started"),
     ("finished_at", pa.timestamp("us", tz="UTC"), "when the trial finished (null while running)"),
     ("worker", pa.string(), "host/pid of the process that ran it"),
-    ("checkpoint", pa.string(), "path of the saved weights; null when none was written"),
-    ("lab_version", pa.string(), "version of the lab that ran it"),
+    RUN["checkpoint"],
+    RUN["lab_version"],
 ]
 TRIAL_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in TRIAL_FIELDS])
 
