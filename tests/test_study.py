@@ -215,3 +215,23 @@ def test_a_bad_recipe_file_names_the_setting(tmp_path):
     bad.write_text("space: [hybrid\n")
     with pytest.raises(StudyError, match=r"x.yaml \(line 2\): not valid YAML"):
         read_recipe_file(bad)
+
+
+def test_a_study_resolution_rescales_sampled_points_and_rechecks_the_budget(tmp_path):
+    from lab.study.search import LabSearch
+    from lab.study.space import load_space
+
+    import lab
+
+    space = load_space("conv")
+    searcher = LabSearch(space, StudyStore(tmp_path), [("val_top1", "max"), ("macs", "min")],
+                         optuna.samplers.RandomSampler(seed=0), "res", optuna.storages.InMemoryStorage(), {}, 10, 1, res=32)
+    kept = 0
+    for _ in range(40):
+        point, reason = searcher._point(searcher.study.ask())
+        if reason is None:
+            kept += 1
+            assert point.spec.res == 32 and lab.cost(point.spec, 10, 1).macs == point.macs <= space.max_macs
+        else:
+            assert point.spec is None or "32 px" in reason or point.spec.res == 28
+    assert kept > 10

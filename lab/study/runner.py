@@ -166,7 +166,6 @@ def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
     storage = _open_storage(config.storage or store.optuna_url)
     base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
                 "recipe": config.recipe, "seed": config.seed, "lab_version": lab.__version__}
-    base_row = {k: v for k, v in base_row.items() if k in store_columns()}
     searcher = LabSearch(space, store, objectives, _sampler(config.sampler, config.seed, config.trials),
                          config.name, storage, base_row, data.num_classes, data.in_chans, config.res)
     reconcile(searcher.study, store, objectives, base_row)
@@ -175,12 +174,6 @@ def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
         _tune(config, searcher, data, objectives, store, remaining, verbose)
     store.compact()
     return store.folder
-
-
-def store_columns() -> set[str]:
-    from lab.study.store import TRIAL_SCHEMA
-
-    return set(TRIAL_SCHEMA.names)
 
 
 def _tune(config: StudyConfig, searcher, data, objectives, store, remaining: int, verbose: int) -> None:

@@ -66,11 +66,8 @@ class LabSearch(OptunaSearch):
         except lab.SpecError as e:
             return point, f"SpecError at {self.res} px: {e}"
         report = cost(spec, self.num_classes, self.in_chans)
-        over = None
-        if self.lab_space.max_macs is not None and report.macs > self.lab_space.max_macs:
-            over = f"over budget at {self.res} px: {report.macs / 1e6:.1f} MMACs > {self.lab_space.max_macs / 1e6:.1f}"
-        elif self.lab_space.max_params is not None and report.params > self.lab_space.max_params:
-            over = f"over budget at {self.res} px: {report.params / 1e6:.2f} M params > {self.lab_space.max_params / 1e6:.2f}"
+        over = self.lab_space.over_budget(report.macs, report.params)
+        over = None if over is None else f"at {self.res} px: {over}"
         point = type(point)(spec=spec, text=spec.text, hparams=point.hparams, params=report.params, macs=report.macs,
                             reason=over)
         return point, over

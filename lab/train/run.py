@@ -71,7 +71,7 @@ def _resolve_arch(arch, res: int | None, dataset_size: int):
     if isinstance(arch, Spec):
         spec, explicit = arch, True
     else:
-        spec, explicit = resolve(arch), arch.strip().startswith("@") or "@" in arch
+        spec, explicit = resolve(arch), "@" in arch   # grammar text starts with @res; names carry @NNpx
     target = res if res is not None else (spec.res if explicit else dataset_size)
     return spec if target == spec.res else scale(spec, res=target)
 
