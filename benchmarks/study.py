@@ -5,8 +5,9 @@
     PYTHONPATH=. python benchmarks/study.py /tmp/studies/bench-tpe /tmp/studies/bench-random --at 20 40
 
 Time share: the sum of the trials' training seconds (data, augmentation, steps) over the sum of
-their wall time as the driver sees it (from the ask to the last report: Ray scheduling, model
-build, Lightning set-up, evaluation, reporting). Hypervolume: of (val top-1 max, MACs min) over
+their time in the worker (`worker_seconds`: model build, Lightning set-up, training, evaluation),
+and over their wall time as the driver sees it (from the ask to the last report, adding Ray's
+actor start, scheduling and reporting). Hypervolume: of (val top-1 max, MACs min) over
 the first N trained trials, reference (0, the space's MAC budget).
 """
 
@@ -36,14 +37,14 @@ def report(folder: Path, at: list[int]) -> None:
     print(f"{config['name']}: space {config['space']}, sampler {config['sampler']}, scheduler {config['scheduler']}, "
           f"{config['epochs']} epochs, fraction {config['fraction']}, concurrency {config['concurrency']}; {states}")
     print(f"  study wall {span:.0f} s from the first ask to the last trial; {3600 * len(trained) / span:.0f} trials/hour")
-    print(f"  training share of trial time {train.sum() / wall.sum():.3f} (sum {train.sum():.0f} s of {wall.sum():.0f} s); "
-          f"per-trial overhead {np.mean(wall - train):.2f} s (median {np.median(wall - train):.2f})")
     worker = np.array([r.get("worker_seconds") or np.nan for r in trained])
-    if np.isfinite(worker).any():
-        ok = np.isfinite(worker)
-        print(f"  of the overhead: in the worker outside training (build, Lightning set-up, evaluation) "
-              f"{np.mean(worker[ok] - train[ok]):.2f} s/trial; Ray scheduling and reporting "
-              f"{np.mean(wall[ok] - worker[ok]):.2f} s/trial")
+    ok = np.isfinite(worker)
+    print(f"  training share of worker time {train[ok].sum() / worker[ok].sum():.3f} "
+          f"(sum {train[ok].sum():.0f} s of {worker[ok].sum():.0f} s, {ok.sum()} trials); "
+          f"of wall time {train.sum() / wall.sum():.3f} (sum {train.sum():.0f} s of {wall.sum():.0f} s)")
+    print(f"  per-trial overhead {np.mean(wall - train):.2f} s (median {np.median(wall - train):.2f}): in the worker "
+          f"outside training steps (build, Lightning set-up, evaluation) {np.mean(worker[ok] - train[ok]):.2f} s; "
+          f"Ray actor start, scheduling and reporting {np.mean(wall[ok] - worker[ok]):.2f} s")
     space = load_space(config["space"])
     ordered = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: r["number"])
     trained_order = sorted(trained, key=lambda r: r["number"])

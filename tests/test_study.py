@@ -17,6 +17,7 @@ import pytest
 from lab.cli.main import main
 from lab.study.config import StudyConfig, StudyError
 from lab.study.runner import create, resume
+from lab.study.search import DUPLICATE
 from lab.study.store import StudyStore
 
 SMALL = dict(dataset="mnist5k", fraction=0.05, epochs=1, batch_size=32, concurrency=2, seed=0)
@@ -35,8 +36,11 @@ def _agree(folder: Path, name: str) -> list[dict]:
     for r in rows:
         t = trials[r["number"]]
         assert t.user_attrs.get("state") == r["state"], (r, t)
-        if r["state"] == "rejected":   # told as a complete trial whose constraint is violated: never trained
-            assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["violation"] == 1.0
+        if r["state"] == "rejected" and r["error"].startswith(DUPLICATE):   # the earlier trial's outcome, told again
+            original = trials[int(r["error"].split()[3].rstrip(":"))]
+            assert t.state == original.state and t.values == original.values
+        elif r["state"] == "rejected":   # told as a complete trial whose constraint is violated: never trained
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.constraints == {"budget": 1.0}
         elif r["state"] == "complete":
             assert t.state == optuna.trial.TrialState.COMPLETE and t.values == [r["val_top1"], r["macs"]]
         elif r["state"] == "pruned":
@@ -235,3 +239,47 @@ def test_a_study_resolution_rescales_sampled_points_and_rechecks_the_budget(tmp_
         else:
             assert point.spec is None or "32 px" in reason or point.spec.res == 28
     assert kept > 10
+
+
+def _searcher(tmp_path, space="conv", sampler=None):
+    from lab.study.search import LabSearch
+    from lab.study.space import load_space
+
+    return LabSearch(load_space(space), StudyStore(tmp_path), [("val_top1", "max"), ("macs", "min")],
+                     sampler or optuna.samplers.RandomSampler(seed=0), "unit", optuna.storages.InMemoryStorage(),
+                     {"dataset": "mnist5k"}, 10, 1)
+
+
+def _epoch(config: dict, epoch: int, val: float) -> dict:
+    return {"number": config["number"], "kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch, "val_top1": val,
+            "seconds": 2.0 * epoch, "worker_seconds": 2.5 * epoch, "macs": config["macs"], "params": config["params"],
+            "training_iteration": epoch}
+
+
+def test_a_trial_stopped_by_the_scheduler_keeps_its_last_epoch(tmp_path):
+    # Tune hands the result on which the scheduler stopped a trial to on_trial_complete only
+    searcher = _searcher(tmp_path)
+    config = searcher.suggest("t0")
+    searcher.on_trial_result("t0", _epoch(config, 1, 0.5))
+    searcher.on_trial_complete("t0", _epoch(config, 2, 0.6))
+    row = StudyStore(tmp_path).trials().to_pylist()[-1]
+    assert row["state"] == "pruned" and row["epochs_done"] == 2 and row["val_top1"] == 0.6
+    assert row["train_seconds"] == 4.0 and row["worker_seconds"] == 5.0
+    curve = StudyStore(tmp_path).epochs().to_pylist()
+    assert [(e["epoch"], e["val_top1"]) for e in curve] == [(1, 0.5), (2, 0.6)]
+
+
+def test_a_point_proposed_again_is_not_trained_twice(tmp_path):
+    searcher = _searcher(tmp_path)
+    first = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {**_epoch(first, 1, 0.9), "kind": "final", "state": "complete"})
+    searcher.study.enqueue_trial(searcher.study.trials[first["number"]].params)   # the sampler proposes it again
+    second = searcher.suggest("t1")
+    assert second["number"] != first["number"]
+    rows = {r["number"]: r for r in StudyStore(tmp_path).trials().to_pylist()}
+    dup = [r for r in rows.values() if r["state"] == "rejected" and (r["error"] or "").startswith(DUPLICATE)]
+    assert len(dup) == 1 and dup[0]["text"] == first["text"], rows
+    trials = {t.number: t for t in searcher.study.trials}
+    assert trials[dup[0]["number"]].values == trials[first["number"]].values == [0.9, first["macs"]]
+    # a resumed searcher knows the trained points from the store
+    assert _searcher(tmp_path)._seen == {(first["text"], json.dumps(first["hparams"], sort_keys=True)): first["number"]}

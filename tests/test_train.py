@@ -32,6 +32,14 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert row["epochs_done"] == 1 and row["images_per_second"] > 0 and row["peak_memory"] > 0
     model, meta = load_checkpoint(row["checkpoint"])
     assert meta["run_id"] == row["run_id"] and sum(p.numel() for p in model.parameters()) == row["params"]
+    # the recorded val figures (the last epoch's validation, reused) are those of the returned weights
+    from lab.data import Augment, load_dataset
+    from lab.train.module import evaluate
+
+    ds = load_dataset("mnist5k", seed=3, fraction=0.1)
+    val = evaluate(runs[0].model, ds.val.batches(100, shuffle=False), Augment(ds, res=28, train=False))
+    assert val["top1"] == runs[0].record["val_top1"] and val["top5"] == runs[0].record["val_top5"]
+    assert val["loss"] == pytest.approx(runs[0].record["val_loss"], rel=1e-5)
 
 
 def test_a_nan_loss_stops_training_and_is_recorded(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "objectives": "objectives, e.g. val_acc:max,macs:min (the default)", "epochs": "epochs per trial (default 8)",
         "fraction": "fraction of the training split (default 1)", "res": "input resolution (default: the space's)",
         "recipe": "training recipe (default: default)", "name": "study name (default SPACE-DATASET-TIME)",
-        "sampler": "tpe (default), nsga2 or random", "scheduler": "asha (default; on the first objective) or fifo",
+        "sampler": "tpe (default), nsga2 or random", "scheduler": "asha (default; on the objectives' Pareto rank) or fifo",
         "storage": "Optuna storage URL (default: sqlite in the study folder)",
         "address": "Ray cluster address (default: Ray on this machine)", "cpus_per_trial": "CPUs per trial (default 1)",
         "gpus_per_trial": "GPUs per trial, fractions allowed (default 0)",

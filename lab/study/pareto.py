@@ -63,6 +63,20 @@ def pareto_mask(values: np.ndarray | Sequence[Sequence[float]], senses: Sequence
     return mask
 
 
+def pareto_ranks(values: np.ndarray | Sequence[Sequence[float]], senses: Sequence[str]) -> np.ndarray:
+    """The non-dominated sorting rank of each row: 0 for the Pareto front, 1 for the front of the
+    rest, and so on (NSGA-II's fronts). Rows with a NaN objective rank after every other row."""
+    v = _as_matrix(values)
+    ranks = np.full(v.shape[0], v.shape[0], dtype=int)
+    left = np.flatnonzero(~np.isnan(v).any(axis=1)) if v.size else np.zeros(0, dtype=int)
+    rank = 0
+    while left.size:
+        front = pareto_mask(v[left], senses)
+        ranks[left[front]] = rank
+        left, rank = left[~front], rank + 1
+    return ranks
+
+
 def pareto_front(table: pa.Table | pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
     """The non-dominated rows of `table` under `objectives` ((column, sense) pairs), sorted by the
     objectives' values, ascending, first objective first.

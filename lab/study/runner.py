@@ -36,8 +36,9 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
     number = config["number"]
     worker = f"{socket.gethostname()}/{os.getpid()}"
 
-    def on_epoch(epoch: dict) -> None:
-        tune.report({"number": number, "kind": "epoch", "macs": config["macs"], "params": config["params"], **epoch})
+    def on_epoch(epoch: dict) -> None:   # the scheduler may stop the trial on any of these
+        tune.report({"number": number, "kind": "epoch", "macs": config["macs"], "params": config["params"],
+                     "worker_seconds": time.perf_counter() - start, **epoch})
 
     final = {"number": number, "kind": "final", "worker": worker}
     try:
@@ -58,17 +59,14 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
 # --- the driver -------------------------------------------------------------------------------
 
 def _sampler(name: str, seed: int, trials: int):
+    """Rejected points carry a violated `budget` constraint (search.tell), which TPE and NSGA-II read."""
     import optuna
-
-    from lab.study.search import violation
 
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 2)),
-                                             constraints_func=violation)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, trials // 3)), constant_liar=True,
-                                      constraints_func=violation)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 2)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, trials // 3)), constant_liar=True)
 
 
 def _open_storage(url: str):
@@ -178,18 +176,18 @@ def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
 
 def _tune(config: StudyConfig, searcher, data, objectives, store, remaining: int, verbose: int) -> None:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
+
+    from lab.study.scheduler import ParetoASHA
 
     # failed trials report no accuracy, epochs report no test accuracy: LabSearch reads what each
     # result has, so Tune must not insist that every result carries every objective
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     started = _start_ray(config)
     try:
-        metric, mode = objectives[0]
-        scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
-                                   max_t=config.epochs + 1, grace_period=1, reduction_factor=3)
-                     if config.scheduler == "asha" and config.epochs > 1 else FIFOScheduler())
+        scheduler = (ParetoASHA(objectives, config.epochs, grace_period=1, reduction_factor=3)
+                     if config.scheduler == "asha" else FIFOScheduler())
         settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
                     "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
                     "cpus": config.cpus_per_trial}

@@ -18,6 +18,7 @@ from lab.study.config import StudyError
 
 MAX_REJECTS = 200          # consecutive rejected points before the space is declared infeasible
 INTERRUPTED = "interrupted: the study's driver stopped during this trial"
+DUPLICATE = "duplicate of trial"   # a rejected point that an earlier trial already trained
 
 
 def now() -> datetime:
@@ -34,6 +35,10 @@ class LabSearch(OptunaSearch):
         self.base_row, self.num_classes, self.in_chans, self.res = base_row, num_classes, in_chans, res
         self._epochs: dict[str, list[dict]] = {}
         self._points: dict[str, dict] = {}
+        # (grammar text, hyperparameters) -> the trial that trained it: samplers re-propose points
+        self._seen: dict[tuple[str, str], int] = {
+            (r["text"], json.dumps(json.loads(r["hparams"]).get("recipe", {}), sort_keys=True)): r["number"]
+            for r in store.trials().to_pylist() if r["state"] != "rejected" and r["text"] and r["hparams"]}
         metrics, modes = [m for m, _ in objectives], [s for _, s in objectives]
         single = len(objectives) == 1
         super().__init__(space=lambda trial: None, metric=metrics[0] if single else metrics,
@@ -76,17 +81,32 @@ class LabSearch(OptunaSearch):
         for _ in range(MAX_REJECTS):
             trial = self._ot_study.ask()
             point, reason = self._point(trial)
-            if reason is None:
+            earlier = self._seen.get(self._key(point)) if reason is None else None
+            if reason is None and earlier is None:
+                self._seen[self._key(point)] = trial.number
                 self._ot_trials[trial_id] = trial
                 self._epochs[trial_id] = []
                 self._points[trial_id] = {"point": point, "started_at": now()}
                 return {"number": trial.number, "text": point.text, "hparams": point.hparams,
                         "macs": point.macs, "params": point.params}
+            if earlier is not None:
+                reason = f"{DUPLICATE} {earlier}: the same point and hyperparameters"
             row = self._row(trial.number, point, state="rejected", error=reason, started_at=now(), finished_at=now())
             self.store.write_trial(row)
-            tell(self._ot_study, trial.number, row, self.objectives)
-        raise StudyError(f"{MAX_REJECTS} points of space {self.lab_space.name!r} in a row were invalid or over "
-                         f"budget: its feasible region is empty or tiny (widen the budget or the ranges)")
+            tell(self._ot_study, trial.number, row, self.objectives, self._outcome(earlier))
+        raise StudyError(f"{MAX_REJECTS} points of space {self.lab_space.name!r} in a row were invalid, over "
+                         f"budget or already tried: its feasible region is empty or tiny (widen the budget or the ranges)")
+
+    @staticmethod
+    def _key(point) -> tuple[str, str]:
+        return point.text, json.dumps(point.hparams, sort_keys=True)
+
+    def _outcome(self, number: int | None) -> optuna.trial.FrozenTrial | None:
+        """The Optuna trial `number`, whose outcome a duplicate of it repeats (None: not a duplicate)."""
+        if number is None:
+            return None
+        return self._ot_study._storage.get_trial(
+            self._ot_study._storage.get_trial_id_from_study_id_trial_number(self._ot_study._study_id, number))
 
     # --- results --------------------------------------------------------------------------
 
@@ -95,6 +115,14 @@ class LabSearch(OptunaSearch):
             self._epochs[trial_id].append({k: result.get(k) for k in ("epoch", "loss", "val_top1", "seconds")})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # the epoch result on which the scheduler stopped a trial reaches only this method
+        if result and result.get("kind") == "epoch":
+            known = {e["epoch"] for e in self._epochs.get(trial_id, [])}
+            if result.get("epoch") not in known:
+                self.on_trial_result(trial_id, result)
+        self._settle(trial_id, result, error)
+
+    def _settle(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id not in self._ot_trials:
             return
         trial = self._ot_trials.pop(trial_id)
@@ -146,23 +174,28 @@ class LabSearch(OptunaSearch):
 PENALTY = {"max": 0.0, "min": 1e18}   # the worst value of an objective, for rejected points
 
 
-def violation(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna constraints: > 0 for a rejected point (invalid or over budget), so that TPE and NSGA-II
-    learn to avoid the infeasible region instead of proposing it again (they ignore failed trials)."""
-    return [trial.user_attrs.get("violation", 0.0)]
+def tell(study: optuna.Study, number: int, row: dict, objectives: list[tuple[str, str]],
+         original: optuna.trial.FrozenTrial | None = None) -> None:
+    """Tell Optuna how trial `number` ended, as its store row says.
 
-
-def tell(study: optuna.Study, number: int, row: dict, objectives: list[tuple[str, str]]) -> None:
-    """Tell Optuna how trial `number` ended, as its store row says. A rejected point is a complete
-    Optuna trial with its constraint violated and the worst objective values (its known MACs and
-    parameters where they are objectives): it was never trained."""
+    A rejected point (invalid or over budget; never trained) is a complete Optuna trial whose
+    `budget` constraint is violated, with the worst objective values (its known MACs and params
+    where they are objectives): TPE and NSGA-II learn to avoid the infeasible region instead of
+    proposing it again (they ignore failed trials). A duplicate of an earlier trial (`original`)
+    repeats that trial's outcome: the same point trained with the same seed, told again.
+    """
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     study._storage.set_trial_user_attr(trial_id, "state", row["state"])
     if row.get("error"):
         study._storage.set_trial_user_attr(trial_id, "reason", str(row["error"])[:500])
     values = [row.get(m) for m, _ in objectives]
-    if row["state"] == "rejected":
-        study._storage.set_trial_user_attr(trial_id, "violation", 1.0)
+    if original is not None:
+        if original.state == optuna.trial.TrialState.COMPLETE and original.values is not None:
+            study.tell(number, original.values if len(original.values) > 1 else original.values[0])
+        else:   # pruned, failed, or still running: nothing to repeat yet
+            study.tell(number, state=original.state if original.state.is_finished() else optuna.trial.TrialState.FAIL)
+    elif row["state"] == "rejected":
+        optuna.trial.Trial(study, trial_id).set_constraint("budget", 1.0)
         values = [v if m in ("macs", "params") and v is not None else PENALTY[sense]
                   for v, (m, sense) in zip(values, objectives)]
         study.tell(number, values if len(values) > 1 else values[0])

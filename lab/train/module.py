@@ -106,6 +106,7 @@ class LabModule(L.LightningModule):
         self.images_seen = 0
         self.last_loss = float("nan")
         self.history: list[dict] = []
+        self.last_val: dict | None = None   # the last epoch's full validation result (top-1, top-5, loss)
         self._epoch_start = 0.0
 
     @property
@@ -155,7 +156,7 @@ class LabModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.train_seconds += time.perf_counter() - self._epoch_start
         self.last_loss = (self._loss_sum / max(self._steps, 1)).item()
-        val = evaluate(self.eval_model, self.val_batches, self.eval_augment)
+        val = self.last_val = evaluate(self.eval_model, self.val_batches, self.eval_augment)
         epoch = {"epoch": self.current_epoch + 1, "loss": self.last_loss, "val_top1": val["top1"],
                  "seconds": self.train_seconds}
         self.history.append(epoch)

@@ -178,7 +178,8 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
     final = module.eval_model.eval()
     val = test = {"top1": None, "top5": None, "loss": None}
     if status == "ok":
-        val = evaluate(final, val_batches, eval_aug)
+        # the weights have not changed since the last epoch's validation: reuse it
+        val = module.last_val or evaluate(final, val_batches, eval_aug)
         test = evaluate(final, ds.test.batches(256, shuffle=False, device=dev), eval_aug)
     record = {
         "run_id": run_id, "started_at": started, "status": status, "error": error,

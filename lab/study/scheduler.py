@@ -1,0 +1,72 @@
+"""Asynchronous successive halving on the Pareto rank of a study's objectives (MO-ASHA, as in
+Schmucker et al. 2021): at each rung a trial goes on when at most 1/reduction_factor of the trials
+recorded at that rung before it are on a better non-dominated front than it.
+
+With one objective this is ASHA's own rule (continue when at most a third of the earlier trials
+at the rung did strictly better). Ranking on the first objective alone would stop the cheap,
+slightly less accurate points that form the front's low-MAC end; on the Pareto rank they go on.
+Objectives that epoch results do not carry (test accuracy, images/s) cannot rank a rung and are
+left out of it; when none is left the trial goes on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from lab.study.pareto import pareto_ranks
+
+
+def rungs(epochs: int, grace_period: int = 1, reduction_factor: int = 3) -> list[int]:
+    """The epochs after which trials are compared: grace * rf^k below the last epoch (stopping at the
+    last epoch would save nothing and lose the trial's final evaluation)."""
+    out, rung = [], grace_period
+    while rung < epochs:
+        out.append(rung)
+        rung *= reduction_factor
+    return out
+
+
+def keeps(candidate: list[float], recorded: list[list[float]], senses: list[str], reduction_factor: int) -> bool:
+    """Whether `candidate` goes on past a rung where `recorded` were seen before it."""
+    if not recorded:
+        return True
+    ranks = pareto_ranks(np.array([*recorded, candidate], dtype=float), senses)
+    ahead = int(np.sum(ranks[:-1] < ranks[-1]))
+    return ahead <= len(recorded) / reduction_factor
+
+
+class ParetoASHA(FIFOScheduler):
+    """ASHA whose rungs compare trials by Pareto rank over `objectives` ((column, sense) pairs)."""
+
+    def __init__(self, objectives: list[tuple[str, str]], epochs: int, grace_period: int = 1,
+                 reduction_factor: int = 3, time_attr: str = "training_iteration"):
+        super().__init__()
+        self.objectives, self.time_attr, self.reduction_factor = objectives, time_attr, reduction_factor
+        self.recorded: dict[int, dict[str, list[float]]] = {r: {} for r in rungs(epochs, grace_period, reduction_factor)}
+        self.stopped = 0
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get("kind") != "epoch" or self.time_attr not in result:
+            return TrialScheduler.CONTINUE
+        used = [(m, s) for m, s in self.objectives if result.get(m) is not None]
+        if not used:
+            return TrialScheduler.CONTINUE
+        now = result[self.time_attr]
+        for rung in sorted(self.recorded, reverse=True):   # the highest rung reached decides, once
+            seen = self.recorded[rung]
+            if now < rung or trial.trial_id in seen:
+                continue
+            vector = [float(result[m]) for m, _ in used]
+            # a rung's earlier trials are compared on the objectives this result carries
+            earlier = [v for v in seen.values() if len(v) == len(vector)]
+            go_on = keeps(vector, earlier, [s for _, s in used], self.reduction_factor)
+            seen[trial.trial_id] = vector
+            if not go_on:
+                self.stopped += 1
+                return TrialScheduler.STOP
+            break
+        return TrialScheduler.CONTINUE
+
+    def debug_string(self) -> str:
+        return f"Pareto-rank ASHA on {', '.join(m for m, _ in self.objectives)}, rungs {sorted(self.recorded)}"
