@@ -17,7 +17,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from lab.study.pareto import hypervolume_2d
 from lab.study.space import load_space
@@ -27,8 +26,7 @@ from lab.study.store import StudyStore
 def report(folder: Path, at: list[int]) -> None:
     store = StudyStore(folder)
     config = store.load_config()
-    # the compacted table read as it is (a study run by an older lab may lack newer columns)
-    rows = pq.read_table(folder / "trials.parquet").to_pylist()
+    rows = store.trials().to_pylist()
     trained = [r for r in rows if r["state"] in ("complete", "pruned", "failed")]
     states = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "failed", "rejected")}
     wall = np.array([(r["finished_at"] - r["started_at"]).total_seconds() for r in trained])

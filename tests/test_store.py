@@ -313,6 +313,17 @@ def test_write_epochs_rejects_bad_rows(tmp_path):
     assert rows(store.epochs()) == [{"number": 1, "epoch": 1, "loss": None, "val_top1": None, "seconds": None}]
 
 
+def test_a_table_written_before_a_column_was_added_reads_it_as_null(tmp_path):
+    store = StudyStore(tmp_path)
+    store.write_trial(trial(1, worker_seconds=14.0))
+    old = TRIAL_SCHEMA.empty_table().drop_columns(["worker_seconds"])
+    old = pa.Table.from_pylist([{k: v for k, v in trial(2).items()}], schema=old.schema)
+    pq.write_table(old, store.folder / "trials" / "part-000002.parquet")
+    assert [r["worker_seconds"] for r in rows(store.trials())] == [14.0, None]
+    store.compact()
+    assert [r["worker_seconds"] for r in rows(store.trials())] == [14.0, None]
+
+
 def test_foreign_parquet_files_are_rejected_naming_file_and_column(tmp_path):
     store = StudyStore(tmp_path)
     store.write_trial(trial(1))

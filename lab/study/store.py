@@ -91,6 +91,10 @@ EPOCH_FIELDS: list[tuple[str, pa.DataType, str]] = [
 ]
 EPOCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in EPOCH_FIELDS])
 
+# Schema evolution: a column added after stores were first written goes here; a table that lacks
+# it (written by an older lab) reads it as nulls. Every other missing column marks a foreign table.
+ADDED_COLUMNS = frozenset({"worker_seconds"})
+
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -165,10 +169,13 @@ def _read(path: Path, schema: pa.Schema, what: str) -> pa.Table:
     except (OSError, pa.ArrowException) as e:
         raise StoreError(f"{path}: not a readable Parquet file ({e})") from None
     for field in schema:
-        if field.name not in table.column_names:
+        if field.name not in table.column_names and field.name not in ADDED_COLUMNS:
             raise StoreError(f"{path}: not a study {what} table (missing column {field.name!r})")
     columns = []
     for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
         try:
             columns.append(table.column(field.name).cast(field.type))
         except (pa.ArrowException, TypeError) as e:
