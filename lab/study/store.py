@@ -44,7 +44,8 @@ RUN = {field[0]: field for field in RUN_FIELDS}
 TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("number", pa.int64(), "the Optuna trial number (unique within the study)"),
     ("state", pa.string(), "complete; pruned (stopped early by the scheduler); failed (raised or "
-                           "diverged, see error); rejected (invalid or over budget, never trained)"),
+                           "diverged, see error); rejected (invalid, over budget or a duplicate of an "
+                           "earlier trial; never trained)"),
     ("error", pa.string(), "why a trial that is not complete stopped or was rejected; null when complete"),
     RUN["arch_id"],
     RUN["text"],
