@@ -69,6 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
     p.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                   help="do not render the study's dashboard at the end (default: dashboards/NAME.html)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -87,14 +89,33 @@ def run_create(args: argparse.Namespace) -> int:
     from lab.study.runner import create
 
     folder = create(config_from_args(args), root=args.root, verbose=0 if args.quiet else 1)
-    return _print_summary(folder, json_out=False)
+    _print_summary(folder, json_out=False)
+    return _render_dashboard(folder, args)
 
 
 def run_resume(args: argparse.Namespace) -> int:
     from lab.study.runner import resume
 
     folder = resume(args.name, root=args.root, verbose=0 if args.quiet else 1)
-    return _print_summary(folder, json_out=False)
+    _print_summary(folder, json_out=False)
+    return _render_dashboard(folder, args)
+
+
+def _render_dashboard(folder: Path, args: argparse.Namespace) -> int:
+    """The study's dashboard, rendered at the end of a run; a failure to render is a warning, not
+    a failed study (the study's results are already safe in its folder)."""
+    import sys
+
+    if not getattr(args, "dashboard", True):
+        return 0
+    try:
+        from lab.dashboard import render
+
+        print(f"dashboard: {render([folder], root=args.root)}")
+    except Exception as e:  # noqa: BLE001 - the study is done; `lab dashboard NAME` can retry
+        print(f"lab: warning: dashboard not rendered ({type(e).__name__}: {e}); `lab dashboard {folder.name}` "
+              f"retries", file=sys.stderr)
+    return 0
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -1,0 +1,61 @@
+"""`lab dashboard STUDY [STUDY ...]`: a study's Pareto fronts, learning curves, design space,
+importance, scaling, trials and recipe as one HTML page (see lab.dashboard)."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_PORT = 8765
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number in 0..65535 (0: any free port)")
+    return port
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dashboard", help="a study's Pareto fronts, curves, design space and scaling as HTML (Plotly)")
+    p.add_argument("studies", nargs="+", metavar="STUDY",
+                   help="study name (under --root), or a study folder; several studies make one page")
+    p.add_argument("--out", help="the page, or a folder for it (default: dashboards/NAME.html beside the studies "
+                                 "folder: ./dashboards, $LAB_HOME/dashboards or ROOT/../dashboards)")
+    p.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    p.add_argument("--inline", action="store_true",
+                   help="put plotly.js inside the page (+4.8 MB) instead of writing it once beside the pages")
+    p.add_argument("--open", action="store_true", help="open the page in a web browser")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the page over HTTP and re-render it as the study adds trials (Ctrl-C stops)")
+    p.add_argument("--host", default=None, help="with --serve: the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=None, help=f"with --serve: the port (default {DEFAULT_PORT}; 0: any)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lab.errors import LabError
+
+    if not args.serve and (args.port is not None or args.host is not None):
+        raise LabError(f"{'--port' if args.port is not None else '--host'} needs --serve")
+    try:
+        if args.serve:
+            from lab.dashboard.serve import serve
+
+            return serve(args.studies, root=args.root, out=args.out, host=args.host or "127.0.0.1",
+                         port=DEFAULT_PORT if args.port is None else args.port, inline=args.inline,
+                         open_browser=args.open)
+        from lab.dashboard import render
+
+        path = render(args.studies, out=args.out, root=args.root, inline=args.inline)
+    except OSError as e:   # an unwritable --out, a full disk: the user's to fix, one line
+        where = f" to {args.out}" if args.out else ""
+        raise LabError(f"cannot write the dashboard{where}: {e.strerror or e}") from None
+    print(path)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
+    return 0

@@ -1,0 +1,437 @@
+"""The dashboard page: one HTML file per study (or set of studies) that works offline, and the
+index of a dashboards folder.
+
+plotly.js is written once beside the pages (`plotly-VERSION.min.js`; keep it with them) or, with
+`inline=True`, inside the page. The figures travel as one JSON object in a <script> tag that a few
+lines of JavaScript hand to Plotly; the page records any JavaScript error on <html data-js-errors>
+and marks <body data-rendered> when every plot is drawn (what the browser test reads).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from lab.dashboard import figures as F
+from lab.dashboard.data import DashboardData, find_study, load
+from lab.dashboard.importance import importances
+from lab.study.config import studies_root
+
+INDEX = "index.html"
+
+
+def default_out(name: str, root: str | Path | None = None) -> Path:
+    """dashboards/NAME.html beside the studies folder: ./dashboards for ./studies (the repository
+    root), $LAB_HOME/dashboards for $LAB_HOME/studies, ROOT/../dashboards for --root ROOT."""
+    return studies_root(root).parent / "dashboards" / f"{name}.html"
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _script_json(obj_json: str) -> str:
+    """JSON text safe inside <script>: '<' only occurs in strings, where \\u003c means the same."""
+    return obj_json.replace("<", "\\u003c")
+
+
+def plotly_js_name() -> str:
+    from plotly.offline import get_plotlyjs_version
+
+    return f"plotly-{get_plotlyjs_version()}.min.js"
+
+
+def _write_plotly_js(folder: Path) -> str:
+    """Write plotly.js beside the pages once; returns its file name."""
+    from plotly.offline import get_plotlyjs
+
+    name = plotly_js_name()
+    path = folder / name
+    if not path.is_file() or path.stat().st_size < 1000:
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(get_plotlyjs(), encoding="utf-8"))
+    return name
+
+
+# --- text of the page ----------------------------------------------------------------------
+
+def _pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def notes(data: DashboardData) -> list[str]:
+    """What the page must say before any plot: an empty study, no trained trial, one objective."""
+    out = []
+    rows, several = data.rows, len(data.studies) > 1
+    trained = set(data.trained["study"])
+    for s in data.studies:   # per study: nothing yet, or nothing trained
+        r = rows[rows["study"] == s.name]
+        what = f"Study {html.escape(s.name)}" if several else "This study"
+        if r.empty:
+            out.append(f"{what} has no trials yet" + ("." if several else ": nothing to plot (a running study fills "
+                                                                         "in as trials finish)."))
+        elif s.name not in trained:
+            counts = ", ".join(f"{n} {st}" for st, n in r["state"].value_counts().items())
+            errors = list(dict.fromkeys(e for e in r["error"].dropna().astype(str)))[:3]
+            why = "; ".join(html.escape(e[:160]) for e in errors)
+            lead = f"{what}: no trial" if several else "No trial"
+            out.append(f"{lead} has trained successfully ({counts})" + ("." if several else ": nothing to plot.")
+                       + (f" First errors: {why}." if why else ""))
+    for s in data.studies:
+        if len(s.objectives) == 1:
+            col, sense = s.objectives[0]
+            r = rows[(rows["study"] == s.name) & (rows["state"] == "complete")]
+            vals = pd.to_numeric(r[col], errors="coerce")
+            best = ""
+            if vals.notna().any():
+                i = vals.idxmax() if sense == "max" else vals.idxmin()
+                v = vals[i]
+                best = f" Its best trial is #{r.loc[i, 'number']} ({col} {_pct(v) if 'top' in col else f'{v:.4g}'})."
+            out.append(f"Study {html.escape(s.name)} is a single-objective study ({col}, {sense}): it has no "
+                       f"Pareto set of its own.{best} The fronts below show accuracy against cost among its trials.")
+    return out
+
+
+def _summary(data: DashboardData) -> str:
+    items = []
+    for s in data.studies:
+        c = s.config
+        states = ", ".join(f"{n} {st}" for st, n in sorted(s.states.items())) or "no trials"
+        r = data.rows[(data.rows["study"] == s.name)]
+        front = int(r["on_front"].sum()) if len(s.objectives) > 1 else 0
+        best = r.loc[r["state"] == "complete", "acc"]
+        items.append(
+            f"<li><b>{html.escape(s.name)}</b>: space {html.escape(str(c.get('space')))}, dataset "
+            f"{html.escape(str(c.get('dataset')))}, fraction {c.get('fraction', 1)}, {c.get('epochs', '?')} epochs, "
+            f"objectives {html.escape(', '.join(f'{m} {x}' for m, x in s.objectives))}; {states}; budget "
+            f"{c.get('trials', '?')} trials"
+            + (f"; best {F.accuracy_title(data.accuracy)} {_pct(best.max())}" if best.notna().any() else "")
+            + (f"; its Pareto set: {front} trial(s), ★ in the table" if front else "") + "</li>")
+    return "<ul class='summary'>" + "".join(items) + "</ul>"
+
+
+TABLE_COLUMNS = [  # column, title, format
+    ("study", "study", "str"), ("number", "#", "int"), ("state", "state", "str"), ("on_front", "front", "star"),
+    ("val_top1", "val top-1", "pct"), ("val_top5", "val top-5", "pct"), ("test_top1", "test top-1", "pct"),
+    ("macs", "MMACs", "mega"), ("params", "params (M)", "mega"), ("images_per_second", "images/s", "num"),
+    ("fraction", "fraction", "num"), ("n_train", "train images", "int"), ("epochs_done", "epochs", "int"),
+    ("train_seconds", "train s", "num"), ("family", "family", "str"), ("mixer", "mixer", "str"),
+    ("layout", "layout", "str"), ("label", "name", "str"), ("arch_id", "arch_id", "str"), ("text", "text", "str"),
+    ("choices", "sampled choices", "str"), ("error", "error", "str"),
+]
+
+
+def _cell(v):
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if math.isnan(v) else float(v)
+    return str(v)
+
+
+def table_json(data: DashboardData) -> str:
+    """The complete trial table as {"columns": [[name, title, format]], "rows": [[...]]}."""
+    columns = [c for c in TABLE_COLUMNS if c[0] != "study" or len(data.studies) > 1]
+    frame = data.rows.assign(choices=[" ".join(f"{k}={v}" for k, v in c.items()) for c in data.rows["choices"]])
+    rows = [[_cell(v) for v in values] for values in zip(*(frame[c].tolist() for c, _, _ in columns))] \
+        if len(frame) else []
+    return json.dumps({"columns": columns, "rows": rows}, separators=(",", ":"))
+
+
+HELP = {
+    "fronts": "Each trained trial is a point: colour is its {group} (the rarest share grey, 'other'), the shape "
+              "its layout (circle isotropic, diamond hierarchical; open: stopped early by ASHA). The ringed line "
+              "joins the 2-D Pareto set of the complete trials (no other trial is both more accurate and cheaper). "
+              "Hover a point for its grammar text, arch_id, parameters, MACs, accuracy and data fraction; named "
+              "architectures are labelled.",
+    "curves": "Validation accuracy and training loss after each epoch, one line per trial; trials stopped early by "
+              "the scheduler in orange, a cross where they stopped.",
+    "space": "As in RegNet's <i>Designing Network Design Spaces</i>: the empirical distribution of the error of the "
+             "complete trials, per block kind (a net counts under every kind it uses) and per stage layout (a curve "
+             "further left and higher is a better region); then accuracy against each sampled choice.",
+    "importance": "Each sampled choice's share of the variance of the accuracy over the complete trials: Optuna's "
+                  "fANOVA evaluator (a random forest and its functional ANOVA) on a study rebuilt from the table's "
+                  "sampled choices (an absent conditional choice counts as its own value).",
+    "scaling": "Error against training-set size on log-log axes: each trial a point, a line through each group's "
+               "best error at each size, dashed lines for architectures trained at several sizes.",
+}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#fff;border-bottom:1px solid #ddd;padding:14px 24px}
+h1{font-size:22px;margin:0 0 6px} h2{font-size:18px;margin:26px 0 6px}
+main{padding:0 24px 40px;max-width:1600px} nav a{margin-right:14px}
+.summary{margin:6px 0;padding-left:20px} .help{color:#555;max-width:1100px;margin:4px 0 10px}
+.note{background:#fff4d6;border:1px solid #e8c96a;padding:8px 12px;border-radius:4px;margin:12px 0}
+.empty{color:#777;font-style:italic}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(620px,1fr));gap:14px}
+.plot{background:#fff;border:1px solid #e3e3e3;border-radius:4px;min-height:200px}
+table{border-collapse:collapse;background:#fff;font-size:12.5px}
+th,td{border:1px solid #e3e3e3;padding:3px 6px;text-align:left;vertical-align:top;white-space:nowrap}
+td.t{white-space:normal;min-width:380px;max-width:560px;font-family:ui-monospace,monospace;font-size:11.5px}
+th{background:#f0f0f0;cursor:pointer;position:sticky;top:0} td.n{text-align:right}
+.tablebar{margin:6px 0} .scroll{overflow:auto;max-height:80vh} .tablebar input{width:320px;padding:3px}
+pre{background:#fff;border:1px solid #e3e3e3;padding:10px;overflow:auto;max-height:480px}
+"""
+
+# Errors land on <html data-js-errors> (read by the browser test); runs before anything else.
+JS_ERRORS = """
+(function(){var r=function(m){var e=document.documentElement;
+e.setAttribute('data-js-errors',(e.getAttribute('data-js-errors')||'')+m+'\\n');};
+window.addEventListener('error',function(e){r('error: '+e.message+' @'+(e.filename||'')+':'+(e.lineno||''));});
+window.addEventListener('unhandledrejection',function(e){r('rejection: '+(e.reason&&e.reason.message||e.reason));});
+window.labError=r;})();
+"""
+
+JS_RENDER = """
+(async function(){
+  var figs=JSON.parse(document.getElementById('lab-figures').textContent), n=0;
+  var hover=JSON.parse(document.getElementById('lab-hover').textContent);
+  var typed={i1:Int8Array,u1:Uint8Array,i2:Int16Array,u2:Uint16Array,i4:Int32Array,u4:Uint32Array};
+  function ints(a){ if(Array.isArray(a)) return a; if(!a||!a.bdata||!typed[a.dtype]) return [];
+    var b=atob(a.bdata), u=new Uint8Array(b.length); for(var i=0;i<b.length;i++) u[i]=b.charCodeAt(i);
+    return Array.from(new typed[a.dtype](u.buffer)); }
+  for (var k in figs) figs[k].data.forEach(function(t){
+    if (t.meta && t.meta.hover==='rows') t.text=ints(t.customdata).map(function(i){ return hover[i]; }); });
+  var cfg={responsive:true,displaylogo:false,scrollZoom:false,
+    modeBarButtonsToRemove:['select2d','lasso2d','zoomIn2d','zoomOut2d','autoScale2d']};
+  for (var id in figs){
+    try{ var div=document.getElementById('fig-'+id);
+      await Plotly.newPlot(div, figs[id].data, figs[id].layout, cfg);
+      div.setAttribute('data-rendered','1'); n++; }
+    catch(e){ window.labError('plot '+id+': '+(e&&e.message||e)); }
+  }
+  document.body.setAttribute('data-rendered', String(n));
+})();
+(function(){
+  var T=JSON.parse(document.getElementById('lab-table').textContent), cols=T.columns, rows=T.rows;
+  var box=document.getElementById('trial-table'), filt=document.getElementById('table-filter');
+  var info=document.getElementById('table-info'), more=document.getElementById('table-more');
+  var key=cols.findIndex(function(c){ return c[0]==='number'; }), dir=1, shown=200, view=rows;
+  function fmt(v,f){ if(v===null||v===undefined) return '';
+    if(f==='pct') return (100*v).toFixed(2)+'%'; if(f==='mega') return num(v/1e6);
+    if(f==='num') return Math.abs(v)>=1000 ? String(Math.round(v)) : num(v); if(f==='star') return v?'\\u2605':'';
+    return String(v); }
+  function num(v){ var t=(+v).toPrecision(4);
+    return t.indexOf('e')<0&&t.indexOf('.')>=0 ? t.replace(/\\.?0+$/,'') : t; }
+  function esc(s){ return s.replace(/&/g,'&amp;').replace(/</g,'&lt;'); }
+  function draw(){
+    var q=filt.value.toLowerCase();
+    view=rows.filter(function(r){ return !q || r.join(' ').toLowerCase().indexOf(q)>=0; });
+    view.sort(function(a,b){ var x=a[key], y=b[key]; if(x===y) return 0; if(x===null) return 1; if(y===null) return -1;
+      return (x<y?-1:1)*dir; });
+    var h='<table><thead><tr>'+cols.map(function(c,i){
+      return '<th data-i="'+i+'">'+c[1]+(i===key?(dir>0?' \\u25B2':' \\u25BC'):'')+'</th>'; }).join('')
+      +'</tr></thead><tbody>';
+    view.slice(0,shown).forEach(function(r){ h+='<tr>'+r.map(function(v,i){ var f=cols[i][2];
+      var long=['text','choices','error'].indexOf(cols[i][0])>=0;
+      var cl=long?' class="t"':(f!=='str'?' class="n"':'');
+      return '<td'+cl+'>'+esc(fmt(v,f))+'</td>'; }).join('')+'</tr>'; });
+    box.innerHTML=h+'</tbody></table>';
+    info.textContent=view.length+' of '+rows.length+' trials'+(view.length>shown?' (first '+shown+' shown)':'');
+    more.style.display=view.length>shown?'':'none';
+    box.querySelectorAll('th').forEach(function(th){ th.onclick=function(){ var i=+th.getAttribute('data-i');
+      if(i===key) dir=-dir; else {key=i; dir=1;} draw(); }; });
+  }
+  filt.oninput=function(){ shown=200; draw(); }; more.onclick=function(){ shown+=1000; draw(); };
+  draw();
+})();
+"""
+
+# In --serve mode the page asks the server which render it is showing, and reloads on a new one.
+JS_SERVE = """
+(function(){if(!/^https?:$/.test(location.protocol)) return; var stamp=document.body.getAttribute('data-stamp');
+setInterval(function(){fetch('/__lab/stamp',{cache:'no-store'}).then(function(r){return r.text();})
+.then(function(s){if(s&&s!==stamp) location.reload();}).catch(function(){});},2000);})();
+"""
+
+
+def _section(sid: str, title: str, body: str, help_text: str | None = None) -> str:
+    help_html = f"<p class='help'>{help_text}</p>" if help_text else ""
+    return f"<section id='{sid}'><h2>{title}</h2>{help_html}{body}</section>"
+
+
+def _plot(fid: str) -> str:
+    return f"<div class='plot' id='fig-{fid}'></div>"
+
+
+def _empty(text: str) -> str:
+    return f"<p class='empty'>{text}</p>"
+
+
+def build_figures(data: DashboardData, gl_threshold: int = F.GL_THRESHOLD) -> tuple[dict, dict[str, float], str]:
+    """Every view's figure (id -> Figure; a view with nothing to draw is left out), the importances
+    and the note on them."""
+    imp, imp_note = importances(data)
+    figs = {
+        "pareto_macs": F.pareto_figure(data, "macs", gl_threshold),
+        "pareto_params": F.pareto_figure(data, "params", gl_threshold),
+        "pareto_throughput": F.pareto_figure(data, "images_per_second", gl_threshold),
+        "curves": F.curves_figure(data, gl_threshold),
+        "edf": F.edf_figure(data),
+        "choices": F.choices_figure(data, list(imp), gl_threshold),
+        "importance": F.importance_figure(imp),
+        "scaling": F.scaling_figure(data, gl_threshold),
+    }
+    return {k: v for k, v in figs.items() if v is not None}, imp, imp_note
+
+
+def build_page(data: DashboardData, inline: bool = False, plotly_src: str | None = None, stamp: str = "",
+               serve: bool = False, gl_threshold: int = F.GL_THRESHOLD) -> str:
+    """The page's HTML. plotly.js is inlined, or loaded from `plotly_src` (a file beside the page)."""
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    figs, imp, imp_note = build_figures(data, gl_threshold)
+    has = figs.__contains__
+    trained = not data.trained.empty
+    group = data.group_by
+
+    fronts = [_plot(f) for f in ("pareto_macs", "pareto_params", "pareto_throughput") if has(f)]
+    if trained and not has("pareto_throughput"):
+        fronts.append(_empty("No measured throughput (images/s) in these trials: no throughput front."))
+    sections = [
+        _section("fronts", "Pareto fronts",
+                 f"<div class='grid'>{''.join(fronts)}</div>" if trained else _empty("No trained trials: no fronts."),
+                 HELP["fronts"].format(group=group)),
+        _section("curves", "Learning curves", _plot("curves") if has("curves") else
+                 _empty("No per-epoch curves recorded yet."), HELP["curves"]),
+        _section("space", "Design space",
+                 (_plot("edf") if has("edf") else _empty("No complete trials: no error distributions."))
+                 + (_plot("choices") if has("choices") else _empty("No sampled choice varies among the complete "
+                                                                    "trials.")), HELP["space"]),
+        _section("importance", "Importance of the sampled choices",
+                 _plot("importance") if has("importance") else _empty(html.escape(imp_note)), HELP["importance"]),
+        _section("scaling", "Scaling with the training-set size",
+                 _plot("scaling") if has("scaling") else
+                 _empty("One training-set size only: a scaling view needs trials at several data fractions "
+                        "(give several studies, e.g. <code>lab dashboard A B</code>)."),
+                 HELP["scaling"] if has("scaling") else None),
+        _section("trials", "Trials",
+                 "<div class='tablebar'><input id='table-filter' placeholder='filter: any text in a row'> "
+                 "<span id='table-info'></span> <button id='table-more'>show more</button></div>"
+                 "<div id='trial-table' class='scroll'></div>", "Every trial of the table; click a header to sort."),
+        _section("recipe", "Recipe", "".join(
+            f"<h3>{html.escape(s.name)}</h3><pre>{html.escape(yaml.safe_dump(s.config, sort_keys=False))}</pre>"
+            for s in data.studies), "The study's frozen settings (study.yaml)."),
+    ]
+    for fig in figs.values():   # each row's hover text travels once, in lab-hover; the page fills traces in
+        for trace in fig.data:
+            if isinstance(trace.meta, dict) and trace.meta.get("hover") == "rows":
+                trace.text = None
+    fig_json = "{" + ",".join(f'"{k}":{pio.to_json(v, validate=False)}' for k, v in figs.items()) + "}"
+    hover_json = json.dumps(data.rows["hover"].tolist(), separators=(",", ":"))
+    counts = data.rows["state"].value_counts().to_dict()
+    meta = {"studies": [s.name for s in data.studies], "trials": int(len(data.rows)),
+            "states": {k: int(v) for k, v in counts.items()},
+            "best": None if data.complete.empty else float(data.complete["acc"].max()), "accuracy": data.accuracy,
+            "rendered": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "figures": list(figs)}
+    plotly_tag = (f"<script charset='utf-8'>{get_plotlyjs()}</script>" if inline or not plotly_src
+                  else f"<script src='{html.escape(plotly_src)}' charset='utf-8'></script>")
+    title = f"lab dashboard: {data.name}"
+    nav = " ".join(f"<a href='#{sid}'>{t}</a>" for sid, t in (
+        ("fronts", "fronts"), ("curves", "curves"), ("space", "design space"), ("importance", "importance"),
+        ("scaling", "scaling"), ("trials", "trials"), ("recipe", "recipe")))
+    note_html = "".join(f"<div class='note'>{n}</div>" for n in notes(data))
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<meta name='lab-dashboard' content='{html.escape(json.dumps(meta), quote=True)}'>"
+        f"<title>{html.escape(title)}</title><script>{JS_ERRORS}</script><style>{CSS}</style>{plotly_tag}</head>"
+        f"<body data-stamp='{html.escape(stamp)}'{' data-serve=1' if serve else ''}>"
+        f"<header><h1>{html.escape(title)}</h1>{_summary(data)}<nav>{nav} <a href='{INDEX}'>all dashboards</a></nav>"
+        f"<div class='help'>Rendered {meta['rendered']} from the studies' Parquet tables.</div></header>"
+        f"<main>{note_html}{''.join(sections)}</main>"
+        f"<script type='application/json' id='lab-figures'>{_script_json(fig_json)}</script>"
+        f"<script type='application/json' id='lab-hover'>{_script_json(hover_json)}</script>"
+        f"<script type='application/json' id='lab-table'>{_script_json(table_json(data))}</script>"
+        f"<script>{JS_RENDER}</script>" + (f"<script>{JS_SERVE}</script>" if serve else "") + "</body></html>")
+
+
+def render(studies: list[str | Path], out: str | Path | None = None, root: str | Path | None = None,
+           inline: bool = False, stamp: str = "", serve: bool = False, index: bool = True,
+           gl_threshold: int = F.GL_THRESHOLD) -> Path:
+    """Render the dashboard of `studies` (names under `root`, or study folders) to `out` (default
+    `default_out`; a folder means FOLDER/NAME.html), refresh that folder's index; return the page."""
+    data = load([find_study(str(s), root) for s in studies])
+    path = Path(out).expanduser() if out is not None else default_out(data.name, root)
+    if out is not None and (path.is_dir() or str(out).endswith(("/", os.sep)) or path.suffix.lower() != ".html"):
+        path = path / f"{data.name}.html"
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = None if inline else _write_plotly_js(path.parent)
+    page = build_page(data, inline=inline, plotly_src=src, stamp=stamp, serve=serve, gl_threshold=gl_threshold)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    if index:
+        write_index(path.parent)
+    return path
+
+
+_META = re.compile(r"<meta name='lab-dashboard' content='([^']*)'>")
+
+
+def page_info(path: Path) -> dict | None:
+    """The metadata a dashboard page carries in its head; None for another HTML file."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(8192)
+    except OSError:
+        return None
+    m = _META.search(head)
+    if not m:
+        return None
+    try:
+        return json.loads(html.unescape(m.group(1)))
+    except ValueError:
+        return None
+
+
+def write_index(folder: str | Path) -> Path:
+    """FOLDER/index.html: a link to every dashboard page in the folder."""
+    folder = Path(folder)
+    rows = []
+    for page in sorted(folder.glob("*.html")):
+        if page.name == INDEX:
+            continue
+        info = page_info(page)
+        if info is None:
+            continue
+        states = ", ".join(f"{n} {s}" for s, n in sorted(info.get("states", {}).items())) or "no trials"
+        best = _pct(info["best"]) if info.get("best") is not None else "–"
+        rows.append(f"<tr><td><a href='{html.escape(page.name)}'>{html.escape(page.stem)}</a></td>"
+                    f"<td>{html.escape(', '.join(info.get('studies', [])))}</td>"
+                    f"<td class='n'>{info.get('trials', 0)}</td>"
+                    f"<td>{html.escape(states)}</td><td class='n'>{best}</td>"
+                    f"<td>{html.escape(str(info.get('rendered', '')))}</td></tr>")
+    body = ("<table><thead><tr><th>dashboard</th><th>studies</th><th>trials</th><th>by state</th>"
+            "<th>best accuracy</th><th>rendered (UTC)</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+            if rows else "<p class='empty'>No dashboards rendered yet: <code>lab dashboard STUDY</code>.</p>")
+    text = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lab dashboards</title>"
+            f"<style>{CSS}</style></head><body><header><h1>lab dashboards</h1>"
+            f"<div class='help'>Every rendered study in {html.escape(str(folder.resolve()))}.</div></header>"
+            f"<main>{body}</main></body></html>")
+    path = folder / INDEX
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path

@@ -1,0 +1,169 @@
+"""Synthetic study stores, for the dashboard's tests and benchmark and for trying `lab dashboard`
+without training anything: plausible rows of a hybrid-space study (accuracy rising with MACs and
+data, a few named points, pruned, failed and rejected trials, learning curves for a subset).
+
+    python -m lab.dashboard.synthetic studies/demo --trials 300 --fractions 0.1 0.3 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lab.study.store import EPOCH_SCHEMA, TRIAL_SCHEMA, StudyStore
+
+CONV = ("basic", "bottleneck", "convnext")
+MIXERS = ("mhsa", "swin", "nat", "mixer")
+NAMED = ("resnet18@28px,w=0.25", "swin_t@28px,w=0.25", "convnext_t@32px,w=0.25")
+
+
+def _arch(rng: np.random.Generator) -> dict:
+    """One random hybrid point: its choices, text, kinds, layout and cost."""
+    layout = str(rng.choice(["isotropic", "hierarchical"]))
+    stem = str(rng.choice(["conv", "patch"]))
+    width = int(rng.choice([16, 32, 48, 64]))
+    n_stages = int(rng.integers(1, 4))
+    choices: dict = {"layout": layout, "stem": stem, "width": width, "n_stages": n_stages}
+    if stem == "patch":
+        choices["patch"] = int(rng.choice([2, 4, 7]))
+    else:
+        choices["stride"] = int(rng.choice([2, 4]))
+    stages, kinds = [], []
+    for i in range(n_stages):
+        mixer = str(rng.choice(CONV + MIXERS))
+        depth = int(rng.integers(1, 4))
+        choices[f"mixer_{i}"], choices[f"depth_{i}"] = mixer, depth
+        if mixer == "bottleneck":
+            choices[f"e_{i}"] = int(rng.choice([1, 2, 4]))
+        if mixer == "swin":
+            choices[f"w_{i}"] = int(rng.choice([2, 4, 7]))
+        w = width * 2 ** i if layout == "hierarchical" else width
+        stages.append(f"{mixer} {depth}x{w}{'/2' if i and layout == 'hierarchical' else ''}")
+        kinds.append(mixer)
+    stem_text = f"patch(p={choices['patch']},c={width}),pos" if stem == "patch" else f"conv(c={width},s=2),bn,relu"
+    text = f"@28 | {stem_text} | {' | '.join(stages)} | ln,gap,fc"
+    blocks = sum(choices[f"depth_{i}"] for i in range(n_stages))
+    macs = int(min(4e7, max(1e6, math.exp(rng.normal(math.log(6e6), 0.8)) * blocks / 4)))
+    params = int(min(3e6, max(1e4, macs * rng.uniform(0.02, 0.2))))
+    return {"choices": choices, "text": text, "kinds": sorted(set(kinds)), "layout": layout, "stem": stem,
+            "macs": macs, "params": params, "res": 28,
+            "arch_id": hashlib.blake2b(text.encode(), digest_size=5).hexdigest(),   # as Spec.arch_id hashes its text
+            "family": kinds[0] if len(set(kinds)) == 1 else "hybrid"}
+
+
+def _named(name: str) -> dict | None:
+    try:
+        import lab
+        from lab.cost import cost
+        from lab.study.space import describe
+    except Exception:  # noqa: BLE001 - no catalog here: synthetic points only
+        return None
+    spec = lab.resolve(name)
+    report = cost(spec, num_classes=10, in_chans=1)
+    shape = describe(spec)
+    return {"choices": {"named": name.split("@")[0]}, "text": spec.text, "kinds": shape["kinds"],
+            "layout": shape["layout"], "stem": shape["stem"], "macs": report.macs, "params": report.params,
+            "res": spec.res, "arch_id": spec.arch_id, "family": name.split("_")[0].rstrip("0123456789")}
+
+
+def synthetic_rows(trials: int, fractions: list[float] = (1.0,), epochs: int = 8, curves: int | None = None,
+                   seed: int = 0, pool: int = 200, named: bool = True,
+                   states: tuple[float, float, float, float] = (0.78, 0.12, 0.05, 0.05)) -> tuple[list[dict], dict]:
+    """`trials` trial rows (TRIAL_SCHEMA) and {number: epoch rows} for the first `curves` trained ones."""
+    rng = np.random.default_rng(seed)
+    archs = [_arch(rng) for _ in range(pool)]
+    if named:
+        archs += [a for a in (_named(n) for n in NAMED) if a is not None]
+    mixer_bonus = {"basic": 0.0, "bottleneck": 0.01, "convnext": 0.015, "mhsa": -0.03, "swin": -0.005, "nat": 0.0,
+                   "mixer": -0.04}
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    rows, curves_of = [], {}
+    curves = trials if curves is None else curves
+    for number in range(trials):
+        arch = archs[int(rng.integers(len(archs)))]
+        fraction = float(fractions[number % len(fractions)])
+        state = str(rng.choice(["complete", "pruned", "failed", "rejected"], p=states))
+        lr = float(math.exp(rng.uniform(math.log(3e-4), math.log(3e-3))))
+        row = {"number": number, "state": state, "arch_id": arch["arch_id"], "text": arch["text"],
+               "family": arch["family"], "kinds": arch["kinds"], "layout": arch["layout"], "stem": arch["stem"],
+               "params": arch["params"], "macs": arch["macs"], "res": arch["res"], "dataset": "mnist5k",
+               "fraction": fraction, "n_train": int(round(4500 * fraction)), "epochs": epochs, "recipe": "default",
+               "hparams": {"vars": arch["choices"], "recipe": {"lr": lr}}, "seed": 0,
+               "started_at": start + dt.timedelta(minutes=number), "lab_version": "0.1.0"}
+        if state == "rejected":
+            row.update(error="over budget: 41.2 MMACs > 40 MMACs")
+            rows.append(row)
+            continue
+        quality = (0.04 * math.log(arch["macs"] / 1e6) + 0.05 * math.log10(fraction)
+                   + np.mean([mixer_bonus.get(k, 0) for k in arch["kinds"]]) - 2 * abs(math.log10(lr / 1e-3)) * 0.02)
+        final = float(np.clip(0.86 + quality + rng.normal(0, 0.015), 0.1, 0.995))
+        done = epochs if state == "complete" else int(rng.integers(1, max(2, epochs)))
+        curve = [final - (final - 0.3) * math.exp(-0.6 * e) * 0.9 - 0.01 * (epochs - e) / epochs
+                 for e in range(1, done + 1)]
+        losses = [2.3 * math.exp(-0.45 * e) + (1 - final) for e in range(1, done + 1)]
+        row.update(epochs_done=done, val_top1=curve[-1], val_top5=min(1.0, curve[-1] + 0.08), loss=losses[-1],
+                   train_seconds=done * arch["macs"] / 2e6,
+                   images_per_second=float(5e9 / arch["macs"] * rng.uniform(0.7, 1.3)),
+                   device="cpu", finished_at=start + dt.timedelta(minutes=number + 1))
+        if state == "complete":
+            row.update(test_top1=curve[-1] - 0.005, test_top5=min(1.0, curve[-1] + 0.07))
+        elif state == "pruned":
+            row.update(error=f"stopped by the scheduler after {done} epoch(s)")
+        else:
+            row.update(error="TrainError: the loss stopped being finite", val_top1=0.1, epochs_done=done)
+        rows.append(row)
+        if len(curves_of) < curves:
+            curves_of[number] = [{"number": number, "epoch": e + 1, "loss": losses[e], "val_top1": curve[e],
+                                  "seconds": (e + 1) * arch["macs"] / 2e6} for e in range(done)]
+    return rows, curves_of
+
+
+def write_synthetic_study(folder: str | Path, trials: int, name: str | None = None, fractions: list[float] = (1.0,),
+                          objectives: str = "val_acc:max,macs:min", bulk: bool = False, **kw) -> StudyStore:
+    """A study folder with `trials` synthetic trials. Fragments through the store's own writers,
+    or (bulk) the compacted tables written at once, as a finished study leaves them."""
+    store = StudyStore(folder)
+    store.save_config({"name": name or Path(folder).name, "space": "hybrid", "dataset": "mnist5k", "trials": trials,
+                       "objectives": objectives, "epochs": kw.get("epochs", 8), "fraction": float(max(fractions)),
+                       "res": None, "recipe": "default", "batch_size": 64, "sampler": "tpe", "scheduler": "asha",
+                       "seed": 0})
+    rows, curves = synthetic_rows(trials, list(fractions), **kw)
+    if bulk:
+        import json
+
+        for r in rows:
+            r["hparams"] = json.dumps(r["hparams"], sort_keys=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=TRIAL_SCHEMA), store.trials_path)
+        pq.write_table(pa.Table.from_pylist([e for c in curves.values() for e in c], schema=EPOCH_SCHEMA),
+                       store.epochs_path)
+    else:
+        for r in rows:
+            if r["number"] in curves:
+                store.write_epochs(r["number"], curves[r["number"]])
+            store.write_trial(r)
+    return store
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder")
+    p.add_argument("--trials", type=int, default=200)
+    p.add_argument("--fractions", type=float, nargs="+", default=[1.0])
+    p.add_argument("--curves", type=int, default=None, help="trials with learning curves (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    store = write_synthetic_study(a.folder, a.trials, fractions=a.fractions, curves=a.curves, seed=a.seed,
+                                  bulk=a.trials > 500)
+    print(store.folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
