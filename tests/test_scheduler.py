@@ -75,3 +75,12 @@ def test_pareto_asha_keeps_the_cheap_end_that_accuracy_alone_stops():
     assert pareto.stopped == 1
     # final results and results without an objective never stop a trial
     assert pareto.on_trial_result(None, _Trial("t0"), {"kind": "final", "training_iteration": 9}) == "CONTINUE"
+
+
+def test_an_epoch_without_validation_decides_nothing():
+    s = ParetoASHA([("val_top1", "max"), ("macs", "min")], epochs=40)
+    assert s.on_trial_result(None, _Trial("a"), _result(1, 0.9, 1e6)) == TrialScheduler.CONTINUE
+    unvalidated = {"kind": "epoch", "training_iteration": 1, "val_top1": None, "macs": 2e6}
+    assert s.on_trial_result(None, _Trial("b"), unvalidated) == TrialScheduler.CONTINUE
+    assert "b" not in s.recorded[1]
+    assert s.on_trial_result(None, _Trial("b"), _result(2, 0.5, 2e6)) == TrialScheduler.STOP   # rung 1, decided at 2

@@ -11,7 +11,7 @@ from lab.cli.table import render
 
 # flag -> StudyConfig field, for the settings `create` takes (None: not given on the command line)
 SETTINGS = {
-    "space": str, "dataset": str, "trials": int, "objectives": str, "epochs": int, "fraction": float,
+    "kind": str, "archs": str, "fractions": str, "seeds": int, "epochs_policy": str, "space": str, "dataset": str, "trials": int, "objectives": str, "epochs": int, "fraction": float,
     "res": int, "recipe": str, "name": str, "sampler": str, "scheduler": str, "storage": str, "address": str,
     "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "seed": int, "batch_size": int,
 }
@@ -24,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     create = ssub.add_parser("create", help="create a study and run it to its trial budget")
     helps = {
+        "kind": "search (default: sample --space) or scaling (train the grid --archs x --fractions x --seeds)",
+        "archs": "scaling: architectures, names with multipliers (resnet18@28px,w=0.5,vit_ti16) or ';'-separated text",
+        "fractions": "scaling: nested training fractions, e.g. 0.05,0.1,0.2,0.5,1",
+        "seeds": "scaling: seeds per (arch, fraction) (default 1)",
+        "epochs_policy": "scaling: constant-steps (default: the largest fraction's steps everywhere) or constant-epochs",
         "space": "search space: conv, isotropic, hierarchical, hybrid (default) or a YAML path",
         "dataset": "dataset (default mnist5k)", "trials": "trained trials (default 20)",
         "objectives": "objectives, e.g. val_acc:max,macs:min (the default)", "epochs": "epochs per trial (default 8)",
@@ -80,7 +85,7 @@ def config_from_args(args: argparse.Namespace):
     settings.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None})
     if "name" not in settings:
         stem = Path(args.recipe_file).stem if args.recipe_file else None
-        space = Path(str(settings.get("space", "hybrid"))).stem
+        space = "scaling" if settings.get("kind") == "scaling" else Path(str(settings.get("space", "hybrid"))).stem
         settings["name"] = stem or f"{space}-{settings.get('dataset', 'mnist5k').split(':')[0]}-{datetime.now():%Y%m%d-%H%M%S}"
     return StudyConfig(**settings)
 

@@ -3,9 +3,12 @@ normalization statistics on the full training split, then the seeded training fr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+
+from lab.errors import DataError
 
 from lab.data.split import SPLIT_SEED, Reader, Split, mix, nested_fraction
 
@@ -34,6 +37,15 @@ class Dataset:
     @property
     def n_train(self) -> int:
         return len(self.train)
+
+    def with_fraction(self, fraction: float, seed: int) -> "Dataset":
+        """This dataset with the nested, stratified `fraction` of the full training split drawn with
+        `seed`: the same training images `load_dataset(name, seed=seed, fraction=fraction)` holds,
+        without loading again (a scaling study's workers hold the full split once)."""
+        if self.fraction != 1:
+            raise DataError(f"{self.name}: with_fraction needs the full training split (this one holds fraction {self.fraction:g})")
+        train = self.train.subset(nested_fraction(self.train.labels, fraction, seed))
+        return dataclasses.replace(self, fraction=float(fraction), seed=seed, train=train)
 
     def __repr__(self) -> str:
         where = "in memory" if self.train.in_memory else "streaming"

@@ -15,6 +15,9 @@ from lab.errors import LabError
 
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "fifo")
+KINDS = ("search", "scaling")
+EPOCH_POLICIES = ("constant-steps", "constant-epochs")
+DEFAULT_TRIALS = 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -25,9 +28,14 @@ class StudyError(LabError):
 @dataclass(frozen=True)
 class StudyConfig:
     name: str
+    kind: str = "search"                   # search: sample `space`; scaling: the grid archs x fractions x seeds
     space: str = "hybrid"
     dataset: str = "mnist5k"
-    trials: int = 20                       # trained trials (rejected points do not count)
+    trials: int | None = None              # trained trials (rejected points do not count); a grid's size
+    archs: list[str] | None = None         # scaling: named points (with multipliers) or grammar text
+    fractions: list[float] | None = None   # scaling: nested fractions of the training split
+    seeds: int = 1                         # scaling: seeds seed, seed+1, ... per (arch, fraction)
+    epochs_policy: str = "constant-steps"  # scaling: constant-steps or constant-epochs
     objectives: str = "val_acc:max,macs:min"
     epochs: int = 8
     fraction: float = 1.0
@@ -35,7 +43,7 @@ class StudyConfig:
     recipe: str = "default"
     batch_size: int = 64
     sampler: str = "tpe"
-    scheduler: str = "asha"
+    scheduler: str | None = None           # None: asha for a search, fifo for a scaling grid
     storage: str | None = None             # None: sqlite in the study's folder
     address: str | None = None             # None: Ray on this machine
     cpus_per_trial: float = 1.0
@@ -45,6 +53,16 @@ class StudyConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise StudyError(f"study kind = {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if self.kind == "scaling":
+            self._resolve_grid()
+        else:
+            for field in ("archs", "fractions"):
+                if getattr(self, field) is not None:
+                    raise StudyError(f"study {field} is for scaling studies (--kind scaling)")
+            self._set("trials", DEFAULT_TRIALS if self.trials is None else self.trials)
+            self._set("scheduler", self.scheduler or "asha")
         checks = [
             ("name", bool(_NAME.match(self.name)), "letters, digits, '_', '.', '-'"),
             ("trials", self.trials >= 1, "at least 1"),
@@ -61,6 +79,41 @@ class StudyConfig:
         for field, ok, expected in checks:
             if not ok:
                 raise StudyError(f"study {field} = {getattr(self, field)!r}: expected {expected}")
+
+    def _set(self, field: str, value) -> None:
+        object.__setattr__(self, field, value)   # resolving defaults of a frozen config
+
+    def _resolve_grid(self) -> None:
+        from lab.study.grid import split_archs
+
+        archs = split_archs(self.archs) if isinstance(self.archs, str) else list(self.archs or [])
+        if not archs or not all(isinstance(a, str) and a.strip() for a in archs):
+            raise StudyError("study archs: a scaling study needs --archs A,B,... (names or grammar text)")
+        fractions = self.fractions
+        if isinstance(fractions, str):
+            try:
+                fractions = [float(f) for f in fractions.split(",") if f.strip()]
+            except ValueError:
+                raise StudyError(f"study fractions = {self.fractions!r}: expected numbers in (0, 1], e.g. 0.1,0.3,1") from None
+        if (not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
+                                 for f in fractions)):
+            raise StudyError(f"study fractions = {self.fractions!r}: expected numbers in (0, 1], e.g. 0.1,0.3,1")
+        if self.seeds < 1:
+            raise StudyError(f"study seeds = {self.seeds!r}: expected at least 1")
+        if self.epochs_policy not in EPOCH_POLICIES:
+            raise StudyError(f"study epochs_policy = {self.epochs_policy!r}: expected one of {', '.join(EPOCH_POLICIES)}")
+        if self.fraction != 1:
+            raise StudyError("study fraction: a scaling study takes its fractions from --fractions (fraction stays 1)")
+        if self.scheduler not in (None, "fifo"):
+            raise StudyError(f"study scheduler = {self.scheduler!r}: a scaling study trains every cell (fifo)")
+        self._set("archs", archs)
+        self._set("fractions", sorted({float(f) for f in fractions}))
+        size = len(archs) * len(self.fractions) * self.seeds
+        if self.trials not in (None, size):
+            raise StudyError(f"study trials = {self.trials!r}: a scaling study trains its grid, "
+                             f"{len(archs)} archs x {len(self.fractions)} fractions x {self.seeds} seeds = {size}")
+        self._set("trials", size)
+        self._set("scheduler", "fifo")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

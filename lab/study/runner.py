@@ -41,11 +41,16 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
                      "worker_seconds": time.perf_counter() - start, **epoch})
 
     final = {"number": number, "kind": "final", "worker": worker}
+    run = config.get("run") or {}   # a scaling cell's fraction, seed and epochs
     try:
         hparams = {k: v for k, v in config["hparams"].items() if k not in ("epochs", "batch_size")}
-        rec = recipe(settings["recipe"], batch_size=settings["batch_size"], epochs=settings["epochs"], **hparams)
-        result = train(config["text"], data, recipe=rec, seed=settings["seed"], device=settings["device"],
-                       out=None, on_epoch=on_epoch)
+        rec = recipe(settings["recipe"], batch_size=settings["batch_size"], epochs=run.get("epochs", settings["epochs"]),
+                     **hparams)
+        seed = run.get("seed", settings["seed"])
+        if "fraction" in run:
+            data = data.with_fraction(run["fraction"], seed)
+        result = train(config["text"], data, recipe=rec, seed=seed, device=settings["device"], out=None,
+                       on_epoch=on_epoch)
         final.update({k: result.record.get(k) for k in TRIAL_RESULT_KEYS}, state="complete")
     except TrainError as e:   # diverged (the record comes along) or a bad recipe
         record = getattr(e, "record", None) or {}
@@ -58,10 +63,13 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
 
 # --- the driver -------------------------------------------------------------------------------
 
-def _sampler(name: str, seed: int, trials: int):
-    """Rejected points carry a violated `budget` constraint (search.tell), which TPE and NSGA-II read."""
+def _sampler(name: str, seed: int, trials: int, space):
+    """Rejected points carry a violated `budget` constraint (search.tell), which TPE and NSGA-II read.
+    A scaling grid is walked by Optuna's GridSampler (each cell once, in a seeded order)."""
     import optuna
 
+    if hasattr(space, "search_space"):
+        return optuna.samplers.GridSampler(space.search_space(), seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
@@ -136,9 +144,11 @@ def resume(name: str, root: str | Path | None = None, verbose: int = 1) -> Path:
 
 
 def _prepare(config: StudyConfig) -> tuple[list, object, object]:
-    """The objectives, the space and the dataset (loaded once, in the driver), after every check
-    that needs no study folder: objectives, space file, dataset, a feasible point, storage URL, Ray address."""
+    """The objectives, the space (or a scaling study's grid) and the dataset (loaded once, in the
+    driver), after every check that needs no study folder: objectives, space file or archs,
+    dataset, a feasible point, storage URL, Ray address."""
     from lab.data import load_dataset
+    from lab.study.grid import ScalingGrid
     from lab.study.pareto import parse_objectives
     from lab.study.space import load_space
 
@@ -146,8 +156,12 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
         objectives = parse_objectives(config.objectives)
     except ValueError as e:
         raise StudyError(f"--objectives: {e}") from None
-    space = load_space(config.space)
+    space = load_space(config.space) if config.kind == "search" else None
     data = load_dataset(config.dataset, seed=config.seed, fraction=config.fraction)
+    if config.kind == "scaling":
+        space = ScalingGrid(config.archs, config.fractions, [config.seed + i for i in range(config.seeds)],
+                            config.epochs, config.epochs_policy, config.res, data.image_size, data.num_classes,
+                            data.in_chans)
     space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans)
     if config.storage:
         _open_storage(config.storage)
@@ -164,7 +178,7 @@ def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
     storage = _open_storage(config.storage or store.optuna_url)
     base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
                 "recipe": config.recipe, "seed": config.seed, "lab_version": lab.__version__}
-    searcher = LabSearch(space, store, objectives, _sampler(config.sampler, config.seed, config.trials),
+    searcher = LabSearch(space, store, objectives, _sampler(config.sampler, config.seed, config.trials, space),
                          config.name, storage, base_row, data.num_classes, data.in_chans, config.res)
     reconcile(searcher.study, store, objectives, base_row)
     remaining = config.trials - counted(store.trials().to_pylist())

@@ -6,7 +6,8 @@ With one objective this is ASHA's own rule (continue when at most a third of the
 at the rung did strictly better). Ranking on the first objective alone would stop the cheap,
 slightly less accurate points that form the front's low-MAC end; on the Pareto rank they go on.
 Objectives that epoch results do not carry (test accuracy, images/s) cannot rank a rung and are
-left out of it; when none is left the trial goes on.
+left out of it; when none is left the trial goes on. An epoch that was not validated (long runs
+validate every k-th epoch) decides nothing: the next validated one decides the rung.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from lab.study.pareto import pareto_ranks
+
+EPOCH_KEYS = ("val_top1", "loss", "macs", "params")   # what a trial's epoch results carry
 
 
 def rungs(epochs: int, grace_period: int = 1, reduction_factor: int = 3) -> list[int]:
@@ -49,8 +52,8 @@ class ParetoASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if result.get("kind") != "epoch" or self.time_attr not in result:
             return TrialScheduler.CONTINUE
-        used = [(m, s) for m, s in self.objectives if result.get(m) is not None]
-        if not used:
+        used = [(m, s) for m, s in self.objectives if m in EPOCH_KEYS]
+        if not used or any(result.get(m) is None for m, _ in used):
             return TrialScheduler.CONTINUE
         now = result[self.time_attr]
         for rung in sorted(self.recorded, reverse=True):   # the highest rung reached decides, once
@@ -58,9 +61,7 @@ class ParetoASHA(FIFOScheduler):
             if now < rung or trial.trial_id in seen:
                 continue
             vector = [float(result[m]) for m, _ in used]
-            # a rung's earlier trials are compared on the objectives this result carries
-            earlier = [v for v in seen.values() if len(v) == len(vector)]
-            go_on = keeps(vector, earlier, [s for _, s in used], self.reduction_factor)
+            go_on = keeps(vector, list(seen.values()), [s for _, s in used], self.reduction_factor)
             seen[trial.trial_id] = vector
             if not go_on:
                 self.stopped += 1

@@ -37,7 +37,7 @@ class LabSearch(OptunaSearch):
         self._points: dict[str, dict] = {}
         # (grammar text, hyperparameters) -> the trial that trained it: samplers re-propose points
         self._seen: dict[tuple[str, str], int] = {
-            (r["text"], json.dumps(json.loads(r["hparams"]).get("recipe", {}), sort_keys=True)): r["number"]
+            (r["text"], r["hparams"]): r["number"]
             for r in store.trials().to_pylist() if r["state"] != "rejected" and r["text"] and r["hparams"]}
         metrics, modes = [m for m, _ in objectives], [s for _, s in objectives]
         single = len(objectives) == 1
@@ -88,7 +88,7 @@ class LabSearch(OptunaSearch):
                 self._epochs[trial_id] = []
                 self._points[trial_id] = {"point": point, "started_at": now()}
                 return {"number": trial.number, "text": point.text, "hparams": point.hparams,
-                        "macs": point.macs, "params": point.params}
+                        "macs": point.macs, "params": point.params, "run": point.run}
             if earlier is not None:
                 reason = f"{DUPLICATE} {earlier}: the same point and hyperparameters"
             row = self._row(trial.number, point, state="rejected", error=reason, started_at=now(), finished_at=now())
@@ -99,7 +99,8 @@ class LabSearch(OptunaSearch):
 
     @staticmethod
     def _key(point) -> tuple[str, str]:
-        return point.text, json.dumps(point.hparams, sort_keys=True)
+        """What makes two trials the same: the grammar text and the sampled values (the row's hparams)."""
+        return point.text, _choices(point)
 
     def _outcome(self, number: int | None) -> optuna.trial.FrozenTrial | None:
         """The Optuna trial `number`, whose outcome a duplicate of it repeats (None: not a duplicate)."""
@@ -155,7 +156,7 @@ class LabSearch(OptunaSearch):
             arch_id=point.spec.arch_id if point.spec is not None else None,
             family=result.get("family"), kinds=shape.get("kinds"), layout=shape.get("layout"), stem=shape.get("stem"),
             params=point.params, macs=point.macs, res=point.spec.res if point.spec is not None else None,
-            hparams=json.dumps({"recipe": point.hparams, "vars": getattr(point, "values", {})}, sort_keys=True),
+            hparams=_choices(point),
             started_at=started_at, finished_at=finished_at,
             epochs_done=result.get("epochs_done", len(epochs or [])),
             val_top1=result.get("val_top1", last.get("val_top1")), loss=result.get("loss", last.get("loss")),
@@ -165,10 +166,20 @@ class LabSearch(OptunaSearch):
                     "worker_seconds"):
             if result.get(key) is not None:
                 row[key] = result[key]
-        if row.get("family") is None and point.spec is not None:
+        for key in ("fraction", "seed", "epochs"):   # a scaling cell's own settings
+            if key in point.run:
+                row[key] = point.run[key]
+        if point.family is not None:
+            row["family"] = point.family
+        elif row.get("family") is None and point.spec is not None:
             from lab.catalog import family_of
             row["family"] = family_of(point.spec)
         return row
+
+
+def _choices(point) -> str:
+    """The row's `hparams`: the sampled hyperparameters and grammar variables, as sorted JSON."""
+    return json.dumps({"recipe": point.hparams, "vars": point.values}, sort_keys=True)
 
 
 PENALTY = {"max": 0.0, "min": 1e18}   # the worst value of an objective, for rejected points

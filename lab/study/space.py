@@ -61,7 +61,9 @@ class Point:
     `reason` is None for a valid point within the budget; otherwise one line ("SpecError: ...",
     "over budget: 75.1 MMACs > 60 MMACs", "constraint fails: ..."). `params`/`macs` are known
     whenever the text parsed (also over budget). `values` holds every variable that applied,
-    by its trial parameter name (per-stage variables as NAME_i).
+    by its trial parameter name (per-stage variables as NAME_i). `run` overrides the study's
+    settings for this trial (a scaling grid's fraction, seed and epochs); `family` names the
+    point's family when the space knows it (a named architecture trained at another size).
     """
 
     spec: Any  # lab.Spec | None
@@ -71,6 +73,8 @@ class Point:
     macs: int | None
     reason: str | None
     values: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
+    family: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -86,7 +86,7 @@ def evaluate(model: nn.Module, batches, augment) -> dict:
 class LabModule(L.LightningModule):
     def __init__(self, model: nn.Module, recipe: Recipe, num_classes: int, n_train: int, steps_per_epoch: int,
                  train_augment, eval_augment, val_batches, seed: int, teacher: Teacher | None = None,
-                 on_epoch=None):
+                 on_epoch=None, val_every: int = 1):
         super().__init__()
         self.model = model
         self.recipe = recipe
@@ -97,6 +97,7 @@ class LabModule(L.LightningModule):
         self.teacher = teacher
         self.seed = seed
         self.on_epoch = on_epoch
+        self.val_every = val_every
         self.mixer = (Mixer(num_classes, mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha,
                             smoothing=recipe.label_smoothing) if recipe.mixes(n_train) else None)
         self.ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(recipe.ema), use_buffers=True)
@@ -156,11 +157,15 @@ class LabModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.train_seconds += time.perf_counter() - self._epoch_start
         self.last_loss = (self._loss_sum / max(self._steps, 1)).item()
-        val = self.last_val = evaluate(self.eval_model, self.val_batches, self.eval_augment)
-        epoch = {"epoch": self.current_epoch + 1, "loss": self.last_loss, "val_top1": val["top1"],
-                 "seconds": self.train_seconds}
+        number = self.current_epoch + 1
+        top1 = None
+        if number % self.val_every == 0 or number == self.trainer.max_epochs:
+            self.last_val = evaluate(self.eval_model, self.val_batches, self.eval_augment)
+            top1 = self.last_val["top1"]
+            self.log("val_top1", top1, prog_bar=True, logger=False)
+        epoch = {"epoch": number, "loss": self.last_loss, "val_top1": top1, "seconds": self.train_seconds}
         self.history.append(epoch)
-        self.log_dict({"loss": self.last_loss, "val_top1": val["top1"]}, prog_bar=True, logger=False)
+        self.log("loss", self.last_loss, prog_bar=True, logger=False)
         if self.on_epoch is not None:
             self.on_epoch(dict(epoch))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import resource
 import time
 import uuid
@@ -23,6 +24,7 @@ from torch import nn
 from lab.errors import TrainError
 
 RUNS_TABLE = "runs.parquet"
+MAX_VALIDATIONS = 16   # a long run validates every k-th epoch (and the last): evaluation stays a small share
 
 
 @dataclass
@@ -63,7 +65,7 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _resolve_arch(arch, res: int | None, dataset_size: int):
+def resolve_arch(arch, res: int | None, dataset_size: int):
     """The Spec to train: `arch` at `res`; a bare name (no @ multipliers) adopts the dataset's image size."""
     from lab.catalog import resolve
     from lab.grammar import Spec, scale
@@ -107,7 +109,9 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
     `dataset` is a dataset string, or a loaded `lab.data.Dataset` (studies load it once per
     worker; its own fraction and seed of the training split then apply). The run's row is appended
     to `out/runs.parquet` and its weights saved in `out/RUN_ID/` (`out=None` keeps nothing on disk).
-    `on_epoch` is called after every epoch with {"epoch", "loss", "val_top1", "seconds"}. A run
+    `on_epoch` is called after every epoch with {"epoch", "loss", "val_top1", "seconds"}; runs of
+    more than 16 epochs validate every ceil(epochs / 16)-th epoch and the last (val_top1 is None
+    on the others). A run
     whose loss stops being finite is recorded with status "diverged" and raises TrainError; bad
     input raises a LabError before anything is written.
     """
@@ -130,7 +134,7 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
     dev = pick_device(device)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, seed=seed, fraction=fraction,
                                                                    root=data_root, size=res)
-    spec = _resolve_arch(arch, res, ds.image_size)
+    spec = resolve_arch(arch, res, ds.image_size)
     teacher = None
     if distill_from is not None:
         teacher_model, meta = load_checkpoint(distill_from)
@@ -153,7 +157,7 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
     eval_aug = Augment(ds, res=spec.res, train=False)
     val_batches = ds.val.batches(256, shuffle=False, device=dev)
     module = LabModule(model, rec, ds.num_classes, ds.n_train, len(train_batches), train_aug, eval_aug,
-                       val_batches, seed, teacher, on_epoch)
+                       val_batches, seed, teacher, on_epoch, val_every=math.ceil(rec.epochs / MAX_VALIDATIONS))
 
     _quiet_lightning()
     if dev.type == "cuda":
