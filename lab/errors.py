@@ -44,3 +44,8 @@ class DataError(LabError):
 
 class TrainError(LabError):
     """A training run that cannot start or had to stop (bad recipe, NaN loss, unreadable checkpoint)."""
+
+
+class ScalingError(LabError):
+    """A scaling-law fit that cannot give a number: too few training-set sizes, a zero error (its
+    log is undefined), an error that rises with data beyond the noise, an unknown metric."""

@@ -95,3 +95,16 @@ def test_a_tiny_scaling_study_end_to_end(tmp_path):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/optuna.db")
     assert sorted((t.params["fraction"], t.params["seed"]) for t in study.trials) == sorted(
         (r["fraction"], r["seed"]) for r in rows)
+    # the fit table and the dashboard's scaling plot of the trained study
+    import json
+
+    import pyarrow.parquet as pq
+
+    from lab.cli.main import main
+    from lab.dashboard import render
+
+    assert main(["scale", "fit", "tiny", "--root", str(tmp_path), "--bootstrap", "200", "--json"]) == 0
+    fits = pq.read_table(folder / "scaling_fits.parquet").to_pylist()
+    assert {f["arch"] for f in fits} == set(archs)
+    page = render([folder], root=tmp_path).read_text()
+    assert "Scaling" in page and all(json.dumps(a)[1:-1] in page for a in archs)

@@ -119,7 +119,7 @@ def mixer_label(kinds) -> str:
 
 
 @functools.cache
-def _named_ids(resolutions: tuple[int, ...]) -> dict[str, str]:
+def named_ids(resolutions: tuple[int, ...]) -> dict[str, str]:
     """arch_id -> name of every named architecture, natively and rescaled to each of
     `resolutions` at widths 1, 0.5 and 0.25 (what studies on a CPU train: swin_t@28px,w=0.25)."""
     try:
@@ -244,7 +244,7 @@ def load(folders: list[str | Path]) -> DashboardData:
     rows["mixer"] = [mixer_label(k) for k in rows["kinds"]]
     rows["choices"] = [flatten_choices(h) for h in rows["hparams"]]
     resolutions = tuple(sorted({int(r) for r in rows["res"].dropna()}))
-    named = _named_ids(resolutions) if len(rows) else {}
+    named = named_ids(resolutions) if len(rows) else {}
     rows["label"] = [named.get(a, "") if isinstance(a, str) else "" for a in rows["arch_id"]]
 
     trained = rows[rows["state"].isin(TRAINED) & np.isfinite(rows["acc"])]

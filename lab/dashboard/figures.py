@@ -9,6 +9,7 @@ of the figure JSON (the tests, a notebook).
 
 from __future__ import annotations
 
+import html
 import math
 
 import numpy as np
@@ -34,6 +35,8 @@ MAX_CHOICES = 24             # panels of the accuracy-per-choice view
 MAX_CATEGORIES = 12          # a choice with more distinct values is drawn as a scatter, not boxes
 MAX_EDF_POINTS = 400         # an EDF curve is drawn through this many of its steps at most
 MAX_ARCH_LINES = 5           # architectures trained at several sizes drawn in the scaling view
+ARCH_COLOURS = qualitative.Dark2   # architectures' lines and fits: darker than the groups' points
+FIT_BOOTSTRAP = 500          # bootstrap samples behind the scaling view's bands and crossover intervals
 
 # x column -> (axis title, scale, sense, figure title)
 FRONTS = {
@@ -181,8 +184,9 @@ def curves_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD) -> go.F
         if sub.empty:
             continue
         trials = sub["key"].nunique()
-        arrays, text = _gapped(sub, ["epoch", "val_top1", "loss"])
         for col, y, fmt in ((1, "val_top1", ".1%"), (2, "loss", ".3f")):
+            # long runs validate every k-th epoch: the accuracy line joins the validated ones
+            arrays, text = _gapped(sub[sub[y].notna()], ["epoch", y])
             fig.add_trace(scatter(
                 x=arrays["epoch"], y=arrays[y], mode="lines", name=f"{name} ({trials})", legendgroup=state,
                 showlegend=col == 1, line=dict(color=colour, width=1.2), opacity=0.7, text=text,
@@ -324,10 +328,53 @@ def importance_figure(importance: dict[str, float]) -> go.Figure | None:
     return fig
 
 
-def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD) -> go.Figure | None:
+def _rgba(colour: str, alpha: float) -> str:
+    """A '#rrggbb' or 'rgb(r,g,b)' colour as rgba() with `alpha` (for bands); grey for any other."""
+    if colour.startswith("#") and len(colour) == 7:
+        r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        return f"rgba({r},{g},{b},{alpha})"
+    if colour.startswith("rgb(") and colour.endswith(")"):
+        return f"rgba({colour[4:-1]},{alpha})"
+    return f"rgba(120,120,120,{alpha})"
+
+
+def _law_text(fit) -> str:
+    """'saturating: b 0.41 [0.33, 0.48], c 2.4% [0.4%, 3.8%]' for a hover."""
+    parts = []
+    for p in ("b", "c", "b2"):
+        if p in fit.law.params:
+            v = fit.value(p)
+            lo, hi = fit.ci.get(p, (math.nan, math.nan))
+            fmt = (lambda x: f"{100 * x:.2f}%") if p == "c" else (lambda x: f"{x:.3f}")
+            ci = f" [{fmt(lo)}, {fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+            parts.append(f"{p} {fmt(v)}{ci}")
+    return f"{fit.law.name} law: " + ", ".join(parts)
+
+
+def _scaling_fits(rows: pd.DataFrame, archs, size: str, accuracy: str, n_boot: int):
+    """The scaling fits (lab.scaling) of `archs` from the rows, and their crossovers."""
+    from lab.scaling.crossover import crossovers
+    from lab.scaling.curves import fit_curves
+    from lab.scaling.table import curves_from_rows
+
+    from lab.errors import LabError
+
+    sub = rows[rows["arch_id"].isin(list(archs))]
+    try:
+        curves, _, _ = curves_from_rows(sub, size=size, accuracy=accuracy)
+    except LabError:   # rows the fits cannot read: the view draws without fitted curves
+        return {}, []
+    fits = fit_curves(curves, n_boot=n_boot, seed=0)
+    return {f.curve.arch_id: f for f in fits}, crossovers(fits)
+
+
+def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
+                   n_boot: int = FIT_BOOTSTRAP) -> go.Figure | None:
     """Error against training-set size on log-log axes, when the trials span several sizes: each
-    trial as a point per group, a line through each group's best error at each size, and a dashed
-    line per architecture trained at several sizes. (Fitted curves come with the scaling issue.)"""
+    trial as a point per group, a line through each group's best error at each size, and per
+    architecture trained at several sizes its mean error (dashed), its preferred fitted scaling
+    law (lab.scaling) with the bootstrap band of the fitted curve (pointwise percentiles), and the
+    sizes where an architecture of one family overtakes one of another, with their intervals."""
     rows = data.complete.copy()
     if rows.empty:
         return None
@@ -355,18 +402,80 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD) -> go.
             hovertemplate=f"{group}: best error %{{y:.2%}} at %{{x:,}}<extra></extra>"))
     sizes = rows.groupby("arch_id")["size"].nunique()
     repeated = sizes[sizes >= 2].sort_values(ascending=False, kind="stable").index[:MAX_ARCH_LINES]
+    fits, cross = _scaling_fits(rows, repeated, "n_train" if use_n else "fraction", "acc", n_boot) \
+        if len(repeated) else ({}, [])
+    ends = {}    # where each fitted curve is drawn to: its largest size, or a crossover beyond it
+    for c in cross:
+        for f in (c.leader, c.overtaker):
+            ends[f.curve.arch_id] = max(ends.get(f.curve.arch_id, 0.0), min(c.size * 1.5, c.d_range[1]))
     for i, arch in enumerate(repeated):
         a = rows[rows["arch_id"] == arch]
         mean = a.groupby("size")["error"].mean()
-        label = next((s for s in a["label"] if s), arch)
+        fit = fits.get(arch)
+        label = fit.curve.name if fit is not None else next((s for s in a["label"] if s), arch)
+        colour = ARCH_COLOURS[i % len(ARCH_COLOURS)]
+        why = fit.reason if fit is not None and fit.reason else ""
         fig.add_trace(go.Scatter(
             x=mean.index.to_numpy(dtype=float), y=mean.to_numpy(), mode="lines+markers", name=label,
-            legendgroup="arch", legendgrouptitle_text="architecture",
-            line=dict(dash="dash", width=1.5, color=PALETTE[-(i + 1) % len(PALETTE)]), marker=dict(size=6),
-            hovertemplate=f"{label}: mean error %{{y:.2%}} at %{{x:,}}<extra></extra>", meta={"role": "arch"}))
+            legendgroup=f"arch-{arch}", legendgrouptitle_text="architecture" if i == 0 else None,
+            line=dict(dash="dash", width=1.5, color=colour), marker=dict(size=6),
+            hovertemplate=f"{html.escape(label)}: mean error %{{y:.2%}} at %{{x:,}}"
+                          + (f"<br>no fit: {html.escape(why)}" if why else "") + "<extra></extra>",
+            meta={"role": "arch", "arch": label, "fit": why or None}))
+        law = fit.preferred if fit is not None and not fit.reason else None
+        if law is None:
+            continue
+        d = fit.curve.sizes
+        grid = np.geomspace(d[0], max(d[-1], ends.get(arch, 0.0)), 80)
+        band = law.band(grid, fit.level)
+        text = _law_text(law)
+        if band is not None:
+            lo, hi = band
+            fig.add_trace(go.Scatter(
+                x=np.r_[grid, grid[::-1]], y=np.r_[hi, lo[::-1]], mode="lines", fill="toself",
+                fillcolor=_rgba(colour, 0.2), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                legendgroup=f"arch-{arch}", name=f"{label}: {fit.level:.0%} band",
+                meta={"role": "fit_band", "arch": label, "law": law.law.name, "level": fit.level,
+                      "scheme": fit.scheme, "n_boot": fit.n_boot}))
+        fig.add_trace(go.Scatter(
+            x=grid, y=law.predict(grid), mode="lines", line=dict(color=colour, width=2.5),
+            name=f"{label}: {law.law.name} fit", legendgroup=f"arch-{arch}", showlegend=False,
+            hovertemplate=f"{html.escape(label)}: fitted error %{{y:.2%}} at %{{x:,.0f}}<br>{text}<extra></extra>",
+            meta={"role": "fit", "arch": label, "arch_id": arch, "law": law.law.name,
+                  "params": {p: law.value(p) for p in law.law.params},
+                  "ci": {p: list(v) for p, v in law.ci.items()}, "preferred": True}))
+    for c in cross:
+        lo = c.lo if math.isfinite(c.lo) and c.lo > 0 else c.d_range[0]
+        hi = c.hi if math.isfinite(c.hi) else c.d_range[1]
+        lead, over = c.leader.curve.name, c.overtaker.curve.name
+        ci = f"[{_num(c.lo)}, {_num(c.hi)}]"
+        fig.add_trace(go.Scatter(
+            x=[c.size], y=[c.error], mode="markers", marker=dict(symbol="x-thin-open", size=14, color="#222",
+                                                                line=dict(width=2)),
+            error_x=dict(type="data", symmetric=False, array=[hi - c.size], arrayminus=[c.size - lo], color="#222",
+                         thickness=1.5, width=6),
+            name=f"{over} overtakes {lead}", legendgroup="crossover", legendgrouptitle_text="crossover",
+            hovertemplate=(f"{html.escape(over)} ({html.escape(c.overtaker.curve.family)}) overtakes "
+                           f"{html.escape(lead)} ({html.escape(c.leader.curve.family)})<br>at D ≈ {_num(c.size)} "
+                           f"{ci} ({c.level:.0%} interval; {c.p_cross:.0%} of bootstrap samples cross)"
+                           "<extra></extra>"),
+            meta={"role": "crossover", "leader": lead, "overtaker": over, "size": c.size, "lo": c.lo, "hi": c.hi,
+                  "p_cross": c.p_cross, "level": c.level}))
     _layout(fig, f"Scaling: error vs training-set size ({rows['size'].nunique()} sizes)", height=600,
             legend=dict(title=data.group_by))
     fig.update_xaxes(type="log", dtick="D2",
                      title="training images (log scale)" if use_n else "data fraction (log scale)")
-    fig.update_yaxes(type="log", dtick="D2", title="validation top-1 error (log scale)", tickformat=".1%")
+    fig.update_yaxes(type="log", dtick="D2", tickformat=".1%",
+                     title=accuracy_title(data.accuracy).replace("accuracy", "error") + " (log scale)")
     return fig
+
+
+def _num(v: float) -> str:
+    """A size for a hover: 1,234, or 0.05 for a fraction; 0 and inf (an interval's open ends) in words."""
+    if v == 0:
+        return "below the range"
+    if math.isinf(v):
+        return "beyond the range"
+    if math.isnan(v):
+        return "–"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"

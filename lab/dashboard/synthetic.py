@@ -3,6 +3,10 @@ without training anything: plausible rows of a hybrid-space study (accuracy risi
 data, a few named points, pruned, failed and rejected trials, learning curves for a subset).
 
     python -m lab.dashboard.synthetic studies/demo --trials 300 --fractions 0.1 0.3 1
+    python -m lab.dashboard.synthetic studies/scaling-demo --scaling --fractions 0.05 0.1 0.2 0.4 0.7 1 --seeds 3
+
+`--scaling` writes a scaling study instead: named architectures x fractions x seeds whose errors
+follow known saturating laws (SCALING_LAWS) with multiplicative noise, for `lab scale fit`.
 """
 
 from __future__ import annotations
@@ -151,6 +155,71 @@ def write_synthetic_study(folder: str | Path, trials: int, name: str | None = No
     return store
 
 
+def _catalog_family(name: str) -> str | None:
+    try:
+        from lab.catalog import entries
+
+        return entries()[name.split("@")[0]].family
+    except Exception:  # noqa: BLE001 - grammar text, or no catalog
+        return None
+
+
+# named point -> (a, b, c): test error = a * n_train^-b + c. The ConvNet leads with little data,
+# the Swin (steeper) overtakes it at about 625 images (1.2 n^-0.35 = 6 n^-0.6).
+SCALING_LAWS = {"resnet18@28px,w=0.25": (1.2, 0.35, 0.01), "swin_t@28px,w=0.25": (6.0, 0.6, 0.01)}
+
+
+def scaling_rows(laws: dict[str, tuple[float, float, float]] | None = None,
+                 fractions: list[float] = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0), seeds: int = 3, n_full: int = 4500,
+                 noise: float = 0.03, seed: int = 0) -> list[dict]:
+    """Trial rows (TRIAL_SCHEMA) of a scaling study: every architecture of `laws` (named points,
+    or grammar text) at every fraction with `seeds` seeds, its test and validation errors drawn
+    as law(n_train) times exp(N(0, noise))."""
+    rng = np.random.default_rng(seed)
+    rows, number = [], 0
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    for name, (a, b, c) in (laws or SCALING_LAWS).items():
+        try:
+            arch = _named(name)
+        except Exception:  # noqa: BLE001 - not a named point: a made-up one under that name
+            arch = None
+        arch = arch or {"text": name, "kinds": ["basic"], "layout": "hierarchical", "stem": "conv", "macs": 10**6,
+                        "params": 10**4, "res": 28, "family": name.split("@")[0],
+                        "arch_id": hashlib.blake2b(name.encode(), digest_size=5).hexdigest()}
+        arch["family"] = _catalog_family(name) or arch["family"]
+        for fraction in fractions:
+            n_train = int(round(n_full * fraction))
+            for s in range(seeds):
+                err = (a * n_train ** -b + c) * math.exp(rng.normal(0, noise))
+                val = (a * n_train ** -b + c) * math.exp(rng.normal(0, noise))
+                rows.append({"number": number, "state": "complete", "arch_id": arch["arch_id"], "text": arch["text"],
+                             "family": arch["family"], "kinds": arch["kinds"], "layout": arch["layout"],
+                             "stem": arch["stem"], "params": arch["params"], "macs": arch["macs"], "res": arch["res"],
+                             "dataset": "mnist5k", "fraction": float(fraction), "n_train": n_train, "epochs": 8,
+                             "epochs_done": 8, "recipe": "default", "seed": s, "hparams": {"vars": {"arch": name}},
+                             "val_top1": float(min(1.0, max(0.0, 1 - val))),
+                             "test_top1": float(min(1.0, max(0.0, 1 - err))), "loss": 0.1,
+                             "train_seconds": n_train * arch["macs"] / 1e9,
+                             "images_per_second": float(5e9 / arch["macs"]), "device": "cpu",
+                             "started_at": start + dt.timedelta(minutes=number),
+                             "finished_at": start + dt.timedelta(minutes=number + 1), "lab_version": "0.1.0"})
+                number += 1
+    return rows
+
+
+def write_scaling_study(folder: str | Path, name: str | None = None, **kw) -> StudyStore:
+    """A scaling study folder (see `scaling_rows` for the rows and `kw`)."""
+    store = StudyStore(folder)
+    laws = kw.get("laws") or SCALING_LAWS
+    fractions = list(kw.get("fractions", (0.05, 0.1, 0.2, 0.4, 0.7, 1.0)))
+    store.save_config({"name": name or Path(folder).name, "kind": "scaling", "archs": list(laws),
+                       "fractions": fractions, "seeds": kw.get("seeds", 3), "dataset": "mnist5k",
+                       "objectives": "val_acc:max,macs:min", "epochs": 8, "recipe": "default", "seed": 0})
+    for row in scaling_rows(**kw):
+        store.write_trial(row)
+    return store
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder")
@@ -158,7 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0])
     p.add_argument("--curves", type=int, default=None, help="trials with learning curves (default all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scaling", action="store_true", help="a scaling study (SCALING_LAWS x fractions x seeds)")
+    p.add_argument("--seeds", type=int, default=3, help="with --scaling: seeds per (architecture, fraction)")
     a = p.parse_args(argv)
+    if a.scaling:
+        fractions = a.fractions if a.fractions != [1.0] else [0.05, 0.1, 0.2, 0.4, 0.7, 1.0]
+        print(write_scaling_study(a.folder, fractions=fractions, seeds=a.seeds, seed=a.seed).folder)
+        return 0
     store = write_synthetic_study(a.folder, a.trials, fractions=a.fractions, curves=a.curves, seed=a.seed,
                                   bulk=a.trials > 500)
     print(store.folder)

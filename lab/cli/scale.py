@@ -1,0 +1,186 @@
+"""`lab scale fit|frontier`: scaling-law fits of error against training-set size per architecture,
+and the accuracy-per-compute frontier across studies (see lab.scaling)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from lab.cli.table import render
+
+ROOT_HELP = "studies folder (default $LAB_HOME/studies or ./studies)"
+MAX_CROSSOVERS = 20      # crossovers printed (the file holds every one)
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 0")
+    return n
+
+
+def _level(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a confidence level in (0, 1), e.g. 0.95")
+    return x
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scale", help="scaling laws: error vs training-set size per architecture; frontiers")
+    ssub = p.add_subparsers(dest="scale_command", metavar="SCALE_COMMAND", parser_class=type(p))
+    ssub.required = True
+
+    fit = ssub.add_parser("fit", help="fit power and saturating laws per architecture, with bootstrap intervals")
+    fit.add_argument("studies", nargs="+", metavar="STUDY", help="study name (under --root) or folder; several pool")
+    fit.add_argument("--root", help=ROOT_HELP)
+    fit.add_argument("--metric", default="auto", choices=["auto", "test_top1", "val_top1", "test_top5", "val_top5"],
+                     help="accuracy the error is 1 minus (default auto: test_top1, val_top1 where a test is missing)")
+    fit.add_argument("--size", default="auto", choices=["auto", "n_train", "fraction"],
+                     help="what D is (default auto: n_train where recorded, else fraction)")
+    fit.add_argument("--bootstrap", type=_count, default=1000, metavar="N",
+                     help="bootstrap samples for the intervals (default 1000; 0: no intervals)")
+    fit.add_argument("--level", type=_level, default=0.95, help="confidence level of the intervals (default 0.95)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    fit.add_argument("--json", action="store_true", help="print the tables as JSON")
+    fit.add_argument("--no-write", dest="write", action="store_false",
+                     help="do not write scaling_fits.parquet into the (first) study's folder")
+    fit.set_defaults(run=run_fit)
+
+    front = ssub.add_parser("frontier", help="the Pareto set of accuracy vs cost over several studies, by family")
+    front.add_argument("studies", nargs="+", metavar="STUDY", help="study name (under --root) or folder")
+    front.add_argument("--root", help=ROOT_HELP)
+    front.add_argument("--cost", default="macs", choices=["macs", "params", "train_macs"],
+                       help="cost axis (default macs per image; train_macs ~ 3 x MACs x n_train x epochs)")
+    front.add_argument("--metric", default="auto", choices=["auto", "test_top1", "val_top1", "test_top5", "val_top5"],
+                       help="accuracy (default auto: test_top1, val_top1 where a test is missing)")
+    front.add_argument("--json", action="store_true")
+    front.set_defaults(run=run_frontier)
+
+
+def _pct(v) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def _size(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if math.isinf(v):
+        return "beyond"          # a crossover interval's end beyond the searched range
+    if v == 0:
+        return "below"           # ... or below it
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _ci(v, lo, hi, fmt) -> str:
+    if v is None or not math.isfinite(v):
+        return ""
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return fmt(v)
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _clean(v):
+    """A JSON-able cell: NaN -> null, inf stays a string."""
+    if isinstance(v, float):
+        return None if math.isnan(v) else ("inf" if math.isinf(v) else v)
+    return v
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from lab.scaling.table import CROSSOVERS_FILE, fit_studies
+
+    result = fit_studies(args.studies, root=args.root, metric=args.metric, size=args.size, n_boot=args.bootstrap,
+                         seed=args.seed, level=args.level)
+    table, cross = result.table, result.crossover_table
+    written = result.write() if args.write else None
+    if args.json:
+        print(json.dumps({"studies": result.names, "metric": result.metric, "size": result.size,
+                          "fits": [{k: _clean(v) for k, v in r.items()} for r in table.to_dict("records")],
+                          "crossovers": [{k: _clean(v) for k, v in r.items()} for r in cross.to_dict("records")],
+                          "written": [str(p) for p in written] if written else None}, default=str))
+        return 0
+    what = result.metric.replace("_top", " top-")
+    scheme = ", ".join(sorted(set(table.loc[table["law"].notna(), "bootstrap"].dropna()) - {"none"}))
+    print(f"scaling fits of {'+'.join(result.names)}: {what} error against {result.size}, "
+          + (f"{args.bootstrap} bootstrap samples{f' ({scheme})' if scheme else ''}, {args.level:.0%} intervals"
+             if args.bootstrap else "no bootstrap"))
+    print(render(*_fit_lines(table), align="<<<<<>><"))
+    print("* preferred law (lowest AICc; the power law when no law has enough sizes for one)")
+    if len(cross):
+        print("\ncrossovers (the first family's architecture leads below the size, the second's above):")
+        rows = [[f"{r.leader} ({r.leader_family})", f"{r.overtaker} ({r.overtaker_family})",
+                 _ci(r.d_cross, r.d_lo, r.d_hi, _size), f"{r.p_cross:.0%}" if r.p_cross == r.p_cross else "",
+                 _pct(r.error)] for r in cross.head(MAX_CROSSOVERS).itertuples()]
+        print(render(["leader", "overtaken by", f"at D [{args.level:.0%} CI]", "samples crossing", "error there"],
+                     rows, align="<<<>>"))
+        if len(cross) > MAX_CROSSOVERS:
+            print(f"... and {len(cross) - MAX_CROSSOVERS} more (smallest sizes first; all in {CROSSOVERS_FILE})")
+    if written:
+        print(f"wrote {written[0]} and {written[1].name}")
+    return 0
+
+
+def _fit_lines(table) -> tuple[list[str], list[list[str]]]:
+    """The printed table: fitted architectures first, then those with a reason instead of numbers
+    (the reasons without the architecture's name, which the row shows)."""
+    headers = ["arch", "family", "law", "b [CI]", "c [CI]", "extrapolation", "rms (log)", "note"]
+    degenerate = table["law"].isna()
+    rows, last = [], None
+    for r in list(table[~degenerate].itertuples()) + list(table[degenerate].itertuples()):
+        first = r.arch_id != last or r.law is None
+        last = r.arch_id
+        arch, family = (r.arch, r.family) if first else ("", "")
+        reason = r.reason[len(r.arch) + 2:] if isinstance(r.reason, str) and r.reason.startswith(f"{r.arch}: ") \
+            else r.reason
+        if r.law is None or (isinstance(r.law, float) and math.isnan(r.law)):
+            rows.append([arch, family, "-", "", "", "", "", reason])
+            continue
+        law = r.law + (" *" if r.preferred else "")
+        if isinstance(reason, str) and reason:
+            rows.append([arch, family, law, "", "", "", "", reason])
+            continue
+        extrap = (f"{r.extrap_rel_error:+.1%} at {_size(r.extrap_size)}"
+                  if r.extrap_rel_error == r.extrap_rel_error and r.extrap_rel_error is not None else "")
+        note = ""
+        if r.law == "broken":
+            note = f"b2 {_ci(r.b2, r.b2_lo, r.b2_hi, lambda v: f'{v:.3f}')} beyond D={_size(r.d_break)}"
+        elif not extrap and isinstance(r.extrap_reason, str):
+            note = f"no extrapolation: {r.extrap_reason}"
+        rows.append([arch, family, law, _ci(r.b, r.b_lo, r.b_hi, lambda v: f"{v:.3f}"),
+                     _ci(r.c, r.c_lo, r.c_hi, _pct), extrap,
+                     f"{r.rmse_log:.3f}" if r.rmse_log == r.rmse_log else "", note])
+    return headers, rows
+
+
+def run_frontier(args: argparse.Namespace) -> int:
+    from lab.scaling.frontier import COSTS, by_family, frontier
+    from lab.scaling.table import load_rows
+
+    rows, names, _ = load_rows(args.studies, args.root)
+    front = frontier(rows, args.cost, args.metric)
+    metric, cost = front.attrs["metric"], front.attrs["cost"]
+    if args.json:
+        print(json.dumps({"studies": names, "metric": metric, "cost": cost, "trials": front.attrs["trials"],
+                          "frontier": [{k: _clean(v) for k, v in r.items()} for r in front.to_dict("records")]},
+                         default=str))
+        return 0
+    print(f"accuracy-per-compute frontier of {'+'.join(names)}: {metric.replace('_top', ' top-')} against "
+          f"{COSTS[cost]}; {len(front)} of {front.attrs['trials']} complete trials are on it")
+    unit, scale = {"macs": ("MMACs", 1e-6), "params": ("params (M)", 1e-6), "train_macs": ("train TMACs", 1e-12)}[cost]
+    table = [[r["family"] or "", r["arch"] or "", _pct(r[metric]), f"{r[cost] * scale:.4g}",
+              _size(r.get("n_train")) if "n_train" in r else "", r.get("study", ""), str(r.get("number", ""))]
+             for r in front.to_dict("records")]
+    print(render(["family", "arch", metric.replace("_top", " top-"), unit, "train images", "study", "#"], table,
+                 align="<<>>><>"))
+    fam = by_family(front)
+    print("by family: " + "; ".join(f"{r.family} {r.points} point(s), {r.cost_min * scale:.4g}-{r.cost_max * scale:.4g}"
+                                    f" {unit}" for r in fam.itertuples()))
+    return 0
