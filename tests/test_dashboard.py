@@ -4,7 +4,6 @@ on Ctrl-C, and a headless Chromium draws every plot without a JavaScript error."
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -27,34 +26,13 @@ from lab.dashboard import load, render
 from lab.dashboard.importance import importances
 from lab.dashboard.synthetic import write_synthetic_study
 from lab.study.store import StudyStore
+from page_json import figures_of, table_of, traces, values
 
 CHROMIUM = Path("/usr/bin/chromium")
 NAMED = "resnet18@28px,w=0.25"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def figures_of(page: Path) -> dict:
-    """The figure JSON a page carries (id -> {data, layout})."""
-    m = re.search(r"<script type='application/json' id='lab-figures'>(.*?)</script>", page.read_text(), re.S)
-    return json.loads(m.group(1))
-
-
-def table_of(page: Path) -> dict:
-    m = re.search(r"<script type='application/json' id='lab-table'>(.*?)</script>", page.read_text(), re.S)
-    return json.loads(m.group(1))
-
-
-def values(v) -> np.ndarray:
-    """A trace array as numbers: plotly writes numpy arrays as base64 typed arrays ({dtype, bdata})."""
-    if isinstance(v, dict) and "bdata" in v:
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).astype(float)
-    return np.array([math.nan if x is None else x for x in (v or [])], dtype=float)
-
-
-def traces(fig: dict, role: str) -> list[dict]:
-    return [t for t in fig["data"] if (t.get("meta") or {}).get("role") == role]
-
 
 def naive_front(points: list[tuple[float, float]], senses: tuple[str, str]) -> set[tuple[float, float]]:
     """O(n^2): the points no other point dominates (at least as good in both, better in one)."""

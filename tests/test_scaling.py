@@ -5,7 +5,6 @@ the dashboard's scaling view work on synthetic study folders."""
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -24,25 +23,10 @@ from lab.scaling.frontier import frontier
 from lab.scaling.laws import BROKEN, POWER, SATURATING
 from lab.scaling.table import CROSSOVER_SCHEMA, FIT_SCHEMA, load_rows
 from lab.study.pareto import pareto_mask
+from page_json import figures_of, traces, values
 
 SIZES = 100 * 2.0 ** np.arange(8)          # 100 .. 12,800 training images
 BADNET = "badnet"      # a made-up point of the synthetic scaling study: named as the study's --archs named it
-
-
-def figures_of(page) -> dict:
-    m = re.search(r"<script type='application/json' id='lab-figures'>(.*?)</script>", page.read_text(), re.S)
-    return json.loads(m.group(1))
-
-
-def values(v) -> np.ndarray:
-    """A trace array as numbers (plotly writes numpy arrays as base64 typed arrays)."""
-    if isinstance(v, dict) and "bdata" in v:
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).astype(float)
-    return np.array([math.nan if x is None else x for x in (v or [])], dtype=float)
-
-
-def traces(fig: dict, role: str) -> list[dict]:
-    return [t for t in fig["data"] if (t.get("meta") or {}).get("role") == role]
 
 
 def draws(law, params, seeds: int, noise: float, rng: np.random.Generator,

@@ -15,8 +15,6 @@ import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import yaml
 from lab.dashboard import figures as F
 from lab.dashboard.data import DashboardData, find_study, load
 from lab.dashboard.importance import importances
+from lab.files import atomic_write
 from lab.study.config import studies_root
 
 INDEX = "index.html"
@@ -35,18 +34,6 @@ def default_out(name: str, root: str | Path | None = None) -> Path:
     """dashboards/NAME.html beside the studies folder: ./dashboards for ./studies (the repository
     root), $LAB_HOME/dashboards for $LAB_HOME/studies, ROOT/../dashboards for --root ROOT."""
     return studies_root(root).parent / "dashboards" / f"{name}.html"
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _script_json(obj_json: str) -> str:
@@ -67,7 +54,7 @@ def _write_plotly_js(folder: Path) -> str:
     name = plotly_js_name()
     path = folder / name
     if not path.is_file() or path.stat().st_size < 1000:
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(get_plotlyjs(), encoding="utf-8"))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(get_plotlyjs(), encoding="utf-8"))
     return name
 
 
@@ -386,7 +373,7 @@ def render(studies: list[str | Path], out: str | Path | None = None, root: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     src = None if inline else _write_plotly_js(path.parent)
     page = build_page(data, inline=inline, plotly_src=src, stamp=stamp, serve=serve, gl_threshold=gl_threshold)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     if index:
         write_index(path.parent)
     return path
@@ -436,5 +423,5 @@ def write_index(folder: str | Path) -> Path:
             f"<div class='help'>Every rendered study in {html.escape(str(folder.resolve()))}.</div></header>"
             f"<main>{body}</main></body></html>")
     path = folder / INDEX
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path

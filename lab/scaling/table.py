@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lab.errors import ScalingError
+from lab.files import atomic_write
 from lab.scaling.crossover import SPAN, Crossover, crossovers
 from lab.scaling.curves import DEFAULT_LAWS, Curve, CurveFit, fit_curves
 
@@ -234,17 +233,8 @@ def crossover_rows(cross: list[Crossover]) -> list[dict]:
 
 def write_table(rows: list[dict], schema: pa.Schema, path: str | Path) -> Path:
     """Write `rows` as Parquet with `schema`, atomically (a temporary file renamed over `path`)."""
-    path = Path(path)
     table = pa.Table.from_pylist(rows, schema=schema)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 @dataclass

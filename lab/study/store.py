@@ -22,9 +22,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +33,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from lab.errors import LabError
+from lab.files import atomic_write
 from lab.train.record import RUN_FIELDS
 
 STATES = ("complete", "pruned", "failed", "rejected")
@@ -151,17 +150,6 @@ def _check_row(row: dict, schema: pa.Schema, what: str) -> dict:
 
 # --- files -----------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp)` for a temporary file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def _read(path: Path, schema: pa.Schema, what: str) -> pa.Table:
     """The table at `path` in `schema`'s columns and order; StoreError naming the file otherwise."""
@@ -252,7 +240,7 @@ class StudyStore:
             text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
         except yaml.YAMLError as e:
             raise ValueError(f"study config is not plain YAML data ({str(e).splitlines()[0]})") from None
-        _atomic_write(self.config_path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(self.config_path, lambda tmp: Path(tmp).write_text(text))
 
     def load_config(self) -> dict:
         """The study recipe saved by `save_config`."""
@@ -318,7 +306,7 @@ class StudyStore:
     def _write_fragment(self, folder: Path, number: int, table: pa.Table) -> None:
         folder.mkdir(exist_ok=True)
         with self._locked(exclusive=False):
-            _atomic_write(folder / f"part-{number:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
+            atomic_write(folder / f"part-{number:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
 
     # reading
     def _fragments(self, folder: Path, schema: pa.Schema, what: str) -> tuple[list[Path], list[pa.Table]]:
@@ -367,7 +355,7 @@ class StudyStore:
                 table, paths = self._table(compacted, folder, schema, what, sort)
                 if not paths and compacted.exists():
                     continue
-                _atomic_write(compacted, lambda tmp: pq.write_table(table, tmp))
+                atomic_write(compacted, lambda tmp: pq.write_table(table, tmp))
                 for path in paths:
                     path.unlink(missing_ok=True)
 
@@ -384,14 +372,14 @@ class StudyStore:
         for name, table in (("trials", self.trials()), ("epochs", self.epochs())):
             path = dest / f"{name}.{format}"
             if format == "parquet":
-                _atomic_write(path, lambda tmp, t=table: pq.write_table(t, tmp))
+                atomic_write(path, lambda tmp, t=table: pq.write_table(t, tmp))
             else:
                 frame = table.to_pandas()
                 for field in table.schema:
                     if pa.types.is_list(field.type):
                         frame[field.name] = [None if v is None else json.dumps(list(v))
                                              for v in frame[field.name]]
-                _atomic_write(path, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+                atomic_write(path, lambda tmp, f=frame: f.to_csv(tmp, index=False))
             out.append(path)
         return out
 

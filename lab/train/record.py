@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lab.errors import LabError
+from lab.files import atomic_write
 
 # name, type, meaning (README "Result schema" is generated from the same list's meanings)
 RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
@@ -79,14 +78,7 @@ def append_record(path: str | Path, record: dict) -> None:
         if path.exists():
             old = read_records(path)
             row = pa.concat_tables([old, row], promote_options="permissive").cast(RUN_SCHEMA)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(row, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: pq.write_table(row, tmp))
 
 
 def read_records(path: str | Path) -> pa.Table:

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import resource
-import time
 import uuid
 import warnings
 from collections.abc import Callable
