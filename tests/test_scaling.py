@@ -288,6 +288,13 @@ def test_dashboard_draws_fitted_curves_bands_and_the_crossover(scaling_root, tmp
     bad = [t for t in traces(fig, "arch") if t["meta"]["arch"] == BADNET]
     assert bad and "error does not fall with data" in bad[0]["meta"]["fit"]
     assert fig["layout"]["yaxis"]["title"]["text"].startswith("validation top-1 error")
+    # a scaling study: each trial is drawn in its architecture's colour, the colour of its fitted line
+    colour = {t["meta"]["arch_id"]: t["line"]["color"] for t in traces(fig, "fit")}
+    points = traces(fig, "points")
+    for t in points:
+        if t["legendgroup"].removeprefix("arch-") in colour:
+            assert t["marker"]["color"] == colour[t["legendgroup"].removeprefix("arch-")]
+    assert {t["legendgroup"].removeprefix("arch-") for t in points} >= set(colour)
 
 
 def test_the_readme_documents_the_tables_columns():

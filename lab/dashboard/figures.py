@@ -386,8 +386,20 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
         return None
     rows["error"] = (1.0 - rows["acc"]).clip(lower=1e-4)    # a log axis: no zero
     palette, scatter = colours(data), _scatter(len(rows) > gl_threshold)
+    sizes = rows.groupby("arch_id")["size"].nunique()
+    repeated = sizes[sizes >= 2].sort_values(ascending=False, kind="stable").index[:MAX_ARCH_LINES]
+    arch_colour = {arch: ARCH_COLOURS[i % len(ARCH_COLOURS)] for i, arch in enumerate(repeated)}
+    # a scaling study (every architecture drawn at several sizes): its trials take their architecture's
+    # colour, as its mean and fitted lines do; otherwise trials are coloured by group with each group's best
+    by_arch = len(repeated) == rows["arch_id"].nunique()
     fig = go.Figure()
-    for group in data.groups:
+    for arch in repeated if by_arch else []:
+        a = rows[rows["arch_id"] == arch]
+        fig.add_trace(scatter(
+            x=a["size"].to_numpy(dtype=float), y=a["error"].to_numpy(), mode="markers", legendgroup=f"arch-{arch}",
+            showlegend=False, marker=dict(color=arch_colour[arch], size=7, opacity=0.55),
+            hovertemplate="%{text}<extra></extra>", **_hover(a, "points")))
+    for group in [] if by_arch else data.groups:
         g = rows[rows["group"] == group]
         if g.empty:
             continue
@@ -400,8 +412,6 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
             x=best.index.to_numpy(dtype=float), y=best.to_numpy(), mode="lines", legendgroup=group, showlegend=False,
             line=dict(color=palette[group], width=2), name=f"{group}: best", meta={"role": "best"},
             hovertemplate=f"{group}: best error %{{y:.2%}} at %{{x:,}}<extra></extra>"))
-    sizes = rows.groupby("arch_id")["size"].nunique()
-    repeated = sizes[sizes >= 2].sort_values(ascending=False, kind="stable").index[:MAX_ARCH_LINES]
     fits, cross = _scaling_fits(rows, repeated, "n_train" if use_n else "fraction", "acc", n_boot) \
         if len(repeated) else ({}, [])
     ends = {}    # where each fitted curve is drawn to: its largest size, or a crossover beyond it
@@ -413,7 +423,7 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
         mean = a.groupby("size")["error"].mean()
         fit = fits.get(arch)
         label = fit.curve.name if fit is not None else next((s for s in a["label"] if s), arch)
-        colour = ARCH_COLOURS[i % len(ARCH_COLOURS)]
+        colour = arch_colour[arch]
         why = fit.reason if fit is not None and fit.reason else ""
         fig.add_trace(go.Scatter(
             x=mean.index.to_numpy(dtype=float), y=mean.to_numpy(), mode="lines+markers", name=label,
@@ -462,7 +472,7 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
             meta={"role": "crossover", "leader": lead, "overtaker": over, "size": c.size, "lo": c.lo, "hi": c.hi,
                   "p_cross": c.p_cross, "level": c.level}))
     _layout(fig, f"Scaling: error vs training-set size ({rows['size'].nunique()} sizes)", height=600,
-            legend=dict(title=data.group_by))
+            legend=dict(title=None if by_arch else data.group_by))
     fig.update_xaxes(type="log", dtick="D2",
                      title="training images (log scale)" if use_n else "data fraction (log scale)")
     fig.update_yaxes(type="log", dtick="D2", tickformat=".1%",

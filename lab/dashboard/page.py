@@ -161,8 +161,9 @@ HELP = {
     "importance": "Each sampled choice's share of the variance of the accuracy over the complete trials: Optuna's "
                   "fANOVA evaluator (a random forest and its functional ANOVA) on a study rebuilt from the table's "
                   "sampled choices (an absent conditional choice counts as its own value).",
-    "scaling": "Error against training-set size on log-log axes: each trial a point, a line through each group's "
-               "best error at each size, dashed lines for the mean error of architectures trained at several "
+    "scaling": "Error against training-set size on log-log axes: each trial a point (in its architecture's colour "
+               "when every architecture was trained at several sizes, as in a scaling study; else by group, with a "
+               "line through each group's best error at each size), dashed lines for the mean error of architectures trained at several "
                "sizes, and through them each one's preferred fitted scaling law (solid; <code>lab scale fit</code> "
                "prints every law) with the bootstrap band of the fitted curve. A cross with a horizontal bar marks "
                "where an architecture of one family overtakes one of another, with the interval of that size.",
