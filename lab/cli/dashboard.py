@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from lab.cli.args import ROOT_HELP, bounded
+
 DEFAULT_PORT = 8765
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number in 0..65535 (0: any free port)")
-    return port
+_port = bounded(int, lambda p: 0 <= p <= 65535, "a port number in 0..65535 (0: any free port)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="study name (under --root), or a study folder; several studies make one page")
     p.add_argument("--out", help="the page, or a folder for it (default: dashboards/NAME.html beside the studies "
                                  "folder: ./dashboards, $LAB_HOME/dashboards or ROOT/../dashboards)")
-    p.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    p.add_argument("--root", help=ROOT_HELP)
     p.add_argument("--inline", action="store_true",
                    help="put plotly.js inside the page (+4.8 MB) instead of writing it once beside the pages")
     p.add_argument("--open", action="store_true", help="open the page in a web browser")

@@ -7,30 +7,14 @@ import argparse
 import json
 import math
 
+from lab.cli.args import ROOT_HELP, bounded
 from lab.cli.table import render
 
-ROOT_HELP = "studies folder (default $LAB_HOME/studies or ./studies)"
 MAX_CROSSOVERS = 20      # crossovers printed (the file holds every one)
 
 
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 0")
-    return n
-
-
-def _level(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not 0 < x < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a confidence level in (0, 1), e.g. 0.95")
-    return x
+_count = bounded(int, lambda n: n >= 0, "a whole number >= 0")
+_level = bounded(float, lambda x: 0 < x < 1, "a confidence level in (0, 1), e.g. 0.95")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from lab.cli.args import ROOT_HELP
 from lab.cli.table import render
 
 # flag -> StudyConfig field, for the settings `create` takes (None: not given on the command line)
@@ -53,13 +54,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     resume.set_defaults(run=run_resume)
 
     ls = ssub.add_parser("list", help="the studies under the studies folder")
-    ls.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    ls.add_argument("--root", help=ROOT_HELP)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(run=run_list)
 
     show = ssub.add_parser("show", help="a study's summary and Pareto table")
     show.add_argument("name")
-    show.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    show.add_argument("--root", help=ROOT_HELP)
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=run_show)
 
@@ -67,12 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("name")
     export.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     export.add_argument("--out", help="folder (default: STUDY/export)")
-    export.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    export.add_argument("--root", help=ROOT_HELP)
     export.set_defaults(run=run_export)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", help="studies folder (default $LAB_HOME/studies or ./studies)")
+    p.add_argument("--root", help=ROOT_HELP)
     p.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                    help="do not render the study's dashboard at the end (default: dashboards/NAME.html)")
@@ -124,13 +125,9 @@ def _render_dashboard(folder: Path, args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from lab.study.runner import folder_of
-    from lab.study.config import StudyError
+    from lab.study.config import find_study
 
-    folder = folder_of(args.name, args.root)
-    if not (folder / "study.yaml").exists():
-        raise StudyError(f"no study {args.name!r} in {folder.parent}")
-    return _print_summary(folder, json_out=args.json)
+    return _print_summary(find_study(args.name, args.root), json_out=args.json)
 
 
 def summary(folder: Path) -> dict:
@@ -192,13 +189,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from lab.study.runner import folder_of
-    from lab.study.config import StudyError
+    from lab.study.config import find_study
     from lab.study.store import StudyStore
 
-    folder = folder_of(args.name, args.root)
-    if not (folder / "study.yaml").exists():
-        raise StudyError(f"no study {args.name!r} in {folder.parent}")
+    folder = find_study(args.name, args.root)
     paths = StudyStore(folder).export(args.out or folder / "export", args.format)
     for p in paths:
         print(p)

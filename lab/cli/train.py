@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (0 < value <= 1) or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
-    return value
+from lab.cli.args import bounded
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+_fraction = bounded(float, lambda x: 0 < x <= 1, "a number in (0, 1]")
+_positive = bounded(int, lambda n: n >= 1, "an integer >= 1")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,8 @@ Modules, one job each: `data` loads the studies' rows, `importance` ranks the sa
 a page while a study runs.
 """
 
-from lab.dashboard.data import DashboardData, find_study, load
+from lab.dashboard.data import DashboardData, load
 from lab.dashboard.page import default_out, render, write_index
+from lab.study.config import find_study
 
 __all__ = ["DashboardData", "default_out", "find_study", "load", "render", "write_index"]

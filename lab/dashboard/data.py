@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lab.study.config import StudyError, studies_root
+from lab.study.config import StudyError
 from lab.study.pareto import pareto_mask, parse_objectives
 from lab.study.store import StudyStore
 
@@ -76,18 +76,6 @@ class DashboardData:
         """Complete trials with a finite accuracy: the only ones a front or a distribution counts."""
         r = self.rows
         return r[(r["state"] == "complete") & np.isfinite(r["acc"].astype(float))]
-
-
-def find_study(name: str, root: str | Path | None = None) -> Path:
-    """The folder of study `name`, found as `lab study show` finds it (under `root`, else
-    $LAB_HOME/studies, else ./studies); a path to a study folder works too."""
-    folder = studies_root(root) / name
-    if (folder / "study.yaml").is_file():
-        return folder
-    path = Path(name).expanduser()
-    if (path / "study.yaml").is_file():
-        return path.resolve()
-    raise StudyError(f"no study {name!r} in {studies_root(root)}")
 
 
 def flatten_choices(hparams: str | None) -> dict:

@@ -22,10 +22,10 @@ import pandas as pd
 import yaml
 
 from lab.dashboard import figures as F
-from lab.dashboard.data import DashboardData, find_study, load
+from lab.dashboard.data import DashboardData, load
 from lab.dashboard.importance import importances
 from lab.files import atomic_write
-from lab.study.config import studies_root
+from lab.study.config import find_study, studies_root
 
 INDEX = "index.html"
 

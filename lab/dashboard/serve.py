@@ -20,7 +20,7 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from lab.dashboard.data import find_study
+from lab.study.config import find_study
 from lab.dashboard.page import render
 from lab.errors import LabError
 

@@ -269,7 +269,7 @@ class StudyScaling:
 
 def load_rows(studies: list[str | Path], root: str | Path | None = None) -> tuple[pd.DataFrame, list[str], list[Path]]:
     """The trial rows of `studies` (names under `root`, or study folders), with a `study` column."""
-    from lab.dashboard.data import find_study
+    from lab.study.config import find_study
     from lab.study.store import StudyStore
 
     folders = [find_study(str(s), root) for s in studies]

@@ -148,3 +148,15 @@ def studies_root(root: str | Path | None = None) -> Path:
         return Path(root).expanduser().resolve()
     home = os.environ.get("LAB_HOME")
     return (Path(home).expanduser() / "studies").resolve() if home else Path("studies").resolve()
+
+
+def find_study(name: str, root: str | Path | None = None) -> Path:
+    """The folder of study `name` under `root` (else $LAB_HOME/studies, else ./studies); a path to
+    a study folder works too. StudyError when there is none."""
+    folder = studies_root(root) / name
+    if (folder / "study.yaml").is_file():
+        return folder
+    path = Path(name).expanduser()
+    if (path / "study.yaml").is_file():
+        return path.resolve()
+    raise StudyError(f"no study {name!r} in {studies_root(root)}")

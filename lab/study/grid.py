@@ -69,13 +69,12 @@ class ScalingGrid:
             entry = entries().get(arch.partition("@")[0].strip())
             self.points[arch] = (spec, total.params, total.macs, entry.family if entry else None)
 
-    @property
-    def size(self) -> int:
-        return len(self.archs) * len(self.fractions) * len(self.seeds)
+    def sampler(self, seed: int):
+        """Optuna's GridSampler over the cells (arch, fraction, seed): each once, in a seeded order."""
+        import optuna
 
-    def search_space(self) -> dict[str, list]:
-        """The GridSampler's grid: one cell per (arch, fraction, seed)."""
-        return {"arch": list(self.archs), "fraction": list(self.fractions), "seed": list(self.seeds)}
+        return optuna.samplers.GridSampler(
+            {"arch": list(self.archs), "fraction": list(self.fractions), "seed": list(self.seeds)}, seed=seed)
 
     def sample(self, trial: Any, num_classes: int = 10, in_chans: int = 1) -> Point:
         arch = trial.suggest_categorical("arch", self.archs)

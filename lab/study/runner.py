@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from lab.study.config import StudyConfig, StudyError, studies_root
+from lab.study.config import StudyConfig, StudyError, find_study, studies_root
 
 TRIAL_RESULT_KEYS = ("val_top1", "val_top5", "test_top1", "test_top5", "loss", "train_seconds",
                      "images_per_second", "peak_memory", "device", "family", "n_train", "params", "macs",
@@ -63,13 +63,14 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
 
 # --- the driver -------------------------------------------------------------------------------
 
-def _sampler(name: str, seed: int, trials: int, space):
-    """Rejected points carry a violated `budget` constraint (search.tell), which TPE and NSGA-II read.
-    A scaling grid is walked by Optuna's GridSampler (each cell once, in a seeded order)."""
+def _sampler(config: StudyConfig, space):
+    """The study's Optuna sampler. Rejected points carry a violated `budget` constraint
+    (search.tell), which TPE and NSGA-II read; a scaling grid brings its own (ScalingGrid.sampler)."""
     import optuna
 
-    if hasattr(space, "search_space"):
-        return optuna.samplers.GridSampler(space.search_space(), seed=seed)
+    name, seed, trials = config.sampler, config.seed, config.trials
+    if config.kind == "scaling":
+        return space.sampler(seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
@@ -135,10 +136,7 @@ def resume(name: str, root: str | Path | None = None, verbose: int = 1) -> Path:
     """Continue the study `name` to its trial budget with its frozen settings."""
     from lab.study.store import StudyStore
 
-    folder = folder_of(name, root)
-    if not (folder / "study.yaml").exists():
-        raise StudyError(f"no study {name!r} in {folder.parent}")
-    store = StudyStore(folder)
+    store = StudyStore(find_study(name, root))
     config = StudyConfig(**store.load_config())
     return _run(config, store, _prepare(config), verbose)
 
@@ -178,7 +176,7 @@ def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
     storage = _open_storage(config.storage or store.optuna_url)
     base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
                 "recipe": config.recipe, "seed": config.seed, "lab_version": lab.__version__}
-    searcher = LabSearch(space, store, objectives, _sampler(config.sampler, config.seed, config.trials, space),
+    searcher = LabSearch(space, store, objectives, _sampler(config, space),
                          config.name, storage, base_row, data.num_classes, data.in_chans, config.res)
     reconcile(searcher.study, store, objectives, base_row)
     remaining = config.trials - counted(store.trials().to_pylist())

@@ -1,0 +1,28 @@
+"""Argument types and help shared by the `lab` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T", int, float)
+
+ROOT_HELP = "studies folder (default $LAB_HOME/studies or ./studies)"
+
+
+def bounded(kind: type[T], ok: Callable[[T], bool], expected: str) -> Callable[[str], T]:
+    """An argparse type: `kind(text)` when it satisfies `ok` (NaN never does), else the error
+    "'TEXT': expected EXPECTED" that the CLI prints after the flag's name."""
+
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value
+
+    parse.__name__ = kind.__name__   # argparse names the type in some messages
+    return parse
