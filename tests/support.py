@@ -55,9 +55,12 @@ def measured_cost(model: torch.nn.Module, in_chans: int, res: int) -> tuple[floa
     written by conv and linear layers), from one forward pass of a batch of two on meta tensors.
 
     FlopCounterMode sees convs, linears and matmuls, and scaled_dot_product_attention on the meta
-    device, but not the neighbourhood-attention kernel (gathers and dot products; see
-    test_neighborhood_kernel_is_invisible_to_the_counter): its q.k and attention.v MACs,
-    2 * tokens * k^2 * width per layer, are added analytically from the modules' shapes."""
+    device, but not the neighbourhood-attention kernel's per-offset path (gathers and dot
+    products; see test_neighborhood_kernel_is_invisible_to_the_counter), which this measurement
+    forces (the dense path on small maps does masked extra work the cost model does not count):
+    NA's q.k and attention.v MACs, 2 * tokens * k^2 * width per layer, are added analytically
+    from the modules' shapes."""
+    import lab.kernels.neighborhood as na
     from lab.kinds.nat import NeighborhoodAttention
 
     batch, written, na_macs = 2, [], []
@@ -65,10 +68,12 @@ def measured_cost(model: torch.nn.Module, in_chans: int, res: int) -> tuple[floa
              for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     hooks += [m.register_forward_hook(lambda m, i, out: na_macs.append(2 * m.hp * m.wp * m.kernel ** 2 * out.shape[-1]))
               for m in model.modules() if isinstance(m, NeighborhoodAttention)]
+    dense_factor, na.DENSE_FACTOR = na.DENSE_FACTOR, 0
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.empty(batch, in_chans, res, res, device="meta"))
     finally:
+        na.DENSE_FACTOR = dense_factor
         for h in hooks:
             h.remove()
     return counter.get_total_flops() / 2 / batch + sum(na_macs), sum(written) // batch

@@ -105,11 +105,15 @@ CASES = [
 ]
 
 
+CPU_BACKENDS = ("portable", "dense")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("height,width,kernel,dilation,heads,rpb", CASES)
-def test_forward_and_gradients_match_naive_float64(height, width, kernel, dilation, heads, rpb):
+def test_forward_and_gradients_match_naive_float64(height, width, kernel, dilation, heads, rpb, backend):
     q, k, v, bias = inputs(2, heads, height, width, 4, kernel, rpb)
     grad_out = torch.randn_like(q)
-    out, got = grads(lambda *a: neighborhood_attention(*a[:3], kernel, dilation, a[3]),
+    out, got = grads(lambda *a: neighborhood_attention(*a[:3], kernel, dilation, a[3], backend=backend),
                      q, k, v, bias, grad_out)
     ref, want = grads(lambda *a: naive(*a[:3], kernel, dilation, a[3]), q, k, v, bias, grad_out)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
@@ -117,12 +121,13 @@ def test_forward_and_gradients_match_naive_float64(height, width, kernel, dilati
         torch.testing.assert_close(g, w, atol=1e-8, rtol=1e-8)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("height,width,kernel,dilation,heads,rpb",
                          [CASES[i] for i in (2, 4, 7, 11, 14, 15)])
-def test_float32_matches_naive(height, width, kernel, dilation, heads, rpb):
+def test_float32_matches_naive(height, width, kernel, dilation, heads, rpb, backend):
     q, k, v, bias = inputs(2, heads, height, width, 16, kernel, rpb, dtype=torch.float32)
     grad_out = torch.randn_like(q)
-    out, got = grads(lambda *a: neighborhood_attention(*a[:3], kernel, dilation, a[3], scale=0.3),
+    out, got = grads(lambda *a: neighborhood_attention(*a[:3], kernel, dilation, a[3], scale=0.3, backend=backend),
                      q, k, v, bias, grad_out)
     ref, want = grads(lambda *a: naive(*a[:3], kernel, dilation, a[3], scale=0.3),
                       q, k, v, bias, grad_out)
@@ -140,8 +145,9 @@ def test_random_maps_match_naive(kernel, dilation, extra_h, extra_w, heads, rpb,
     torch.manual_seed(seed)
     height, width = kernel * dilation + extra_h, kernel * dilation + extra_w
     q, k, v, bias = inputs(2, heads, height, width, 3, kernel, rpb)
-    torch.testing.assert_close(neighborhood_attention(q, k, v, kernel, dilation, bias),
-                               naive(q, k, v, kernel, dilation, bias), atol=1e-10, rtol=1e-10)
+    for backend in CPU_BACKENDS:
+        torch.testing.assert_close(neighborhood_attention(q, k, v, kernel, dilation, bias, backend=backend),
+                                   naive(q, k, v, kernel, dilation, bias), atol=1e-10, rtol=1e-10)
 
 
 def attention_weights(height, width, kernel, dilation, rpb=True):
@@ -250,8 +256,13 @@ def test_invalid_arguments_raise(kwargs, message):
         neighborhood_attention(q, q[..., :2], q, 3)
 
 
-def test_auto_is_portable_on_cpu():
-    q, k, v, bias = inputs(2, 2, 8, 9, 4, 3)
+def test_auto_on_cpu_is_dense_on_small_maps_and_portable_on_large_ones():
+    from lab.kernels.neighborhood import DENSE_FACTOR
+
+    q, k, v, bias = inputs(2, 2, 6, 6, 4, 3)              # 36 tokens <= 4 x 3^2
+    assert 36 <= DENSE_FACTOR * 9 and torch.equal(neighborhood_attention(q, k, v, 3, 2, bias),
+                                                 neighborhood_attention(q, k, v, 3, 2, bias, backend="dense"))
+    q, k, v, bias = inputs(2, 2, 8, 9, 4, 3)              # 72 tokens > 4 x 3^2
     assert torch.equal(neighborhood_attention(q, k, v, 3, 2, bias),
                        neighborhood_attention(q, k, v, 3, 2, bias, backend="portable"))
 
