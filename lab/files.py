@@ -1,12 +1,25 @@
 """Crash-safe file writes shared by the study store, the run table, the scaling tables and the
-dashboards: a reader never sees a half-written file."""
+dashboards (a reader never sees a half-written file), and the advisory lock writers share."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, exclusive: bool = True) -> Iterator[None]:
+    """Hold an advisory lock (flock) on the file `path` (created if absent) for the block."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:

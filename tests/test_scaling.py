@@ -289,7 +289,7 @@ def test_dashboard_draws_fitted_curves_bands_and_the_crossover(scaling_root, tmp
     assert bad and "error does not fall with data" in bad[0]["meta"]["fit"]
     assert fig["layout"]["yaxis"]["title"]["text"].startswith("validation top-1 error")
     # a scaling study: each trial is drawn in its architecture's colour, the colour of its fitted line
-    colour = {t["meta"]["arch_id"]: t["line"]["color"] for t in traces(fig, "fit")}
+    colour = {t["meta"]["curve"]: t["line"]["color"] for t in traces(fig, "fit")}
     points = traces(fig, "points")
     for t in points:
         if t["legendgroup"].removeprefix("arch-") in colour:

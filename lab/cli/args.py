@@ -26,3 +26,8 @@ def bounded(kind: type[T], ok: Callable[[T], bool], expected: str) -> Callable[[
 
     parse.__name__ = kind.__name__   # argparse names the type in some messages
     return parse
+
+
+# bootstrap settings shared by `lab scale fit` and `lab study report`
+samples = bounded(int, lambda n: n >= 0, "a whole number >= 0")
+level = bounded(float, lambda x: 0 < x < 1, "a confidence level in (0, 1), e.g. 0.95")

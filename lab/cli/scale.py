@@ -7,14 +7,10 @@ import argparse
 import json
 import math
 
-from lab.cli.args import ROOT_HELP, bounded
+from lab.cli.args import ROOT_HELP, level as _level, samples as _count
 from lab.cli.table import render
 
 MAX_CROSSOVERS = 20      # crossovers printed (the file holds every one)
-
-
-_count = bounded(int, lambda n: n >= 0, "a whole number >= 0")
-_level = bounded(float, lambda x: 0 < x < 1, "a confidence level in (0, 1), e.g. 0.95")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

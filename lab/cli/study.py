@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from lab.cli.args import ROOT_HELP
+from lab.cli.args import ROOT_HELP, level, samples
 from lab.cli.table import render
 
 # flag -> StudyConfig field, for the settings `create` takes (None: not given on the command line)
@@ -63,6 +63,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--root", help=ROOT_HELP)
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=run_show)
+
+    report = ssub.add_parser("report", help="a scaling study's accuracy per arm and fraction, exponents, and "
+                                           "its claims' verdicts with intervals")
+    report.add_argument("name")
+    report.add_argument("--level", type=level, default=0.95,
+                        help="confidence level of the intervals (default 0.95)")
+    report.add_argument("--bootstrap", type=samples, default=1000,
+                        help="bootstrap samples of the exponents (default 1000)")
+    report.add_argument("--metric", default="auto", help="accuracy column: test_top1 (auto) or val_top1")
+    report.add_argument("--root", help=ROOT_HELP)
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(run=run_report)
 
     export = ssub.add_parser("export", help="write a study's trials and epochs tables")
     export.add_argument("name")
@@ -124,6 +136,14 @@ def _render_dashboard(folder: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    from lab.study.report import build_report, format_report
+
+    report = build_report(args.name, args.root, level=args.level, n_boot=args.bootstrap, metric=args.metric)
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report), end="" if not args.json else "\n")
+    return 0
+
+
 def run_show(args: argparse.Namespace) -> int:
     from lab.study.config import find_study
 
@@ -144,8 +164,12 @@ def summary(folder: Path) -> dict:
     objectives = parse_objectives(config["objectives"])
     front = pareto_front(trials, objectives) if trials.num_rows else None
     rows = [] if front is None else front.to_dict("records")
-    return {"name": config["name"], "folder": str(folder), "space": config["space"], "dataset": config["dataset"],
-            "budget": config["trials"], "states": states, "objectives": objectives, "pareto": rows}
+    kind = config.get("kind", "search")
+    space = (f"scaling grid of {len(config['archs'])} archs x {len(config['fractions'])} fractions x "
+             f"{config['seeds']} seeds" if kind == "scaling" else f"space {config['space']}")
+    return {"name": config["name"], "folder": str(folder), "kind": kind, "space": config["space"], "grid": space,
+            "dataset": config["dataset"], "budget": config["trials"], "states": states, "objectives": objectives,
+            "pareto": rows, "claims": len(config.get("claims") or [])}
 
 
 def _print_summary(folder: Path, json_out: bool) -> int:
@@ -154,8 +178,11 @@ def _print_summary(folder: Path, json_out: bool) -> int:
         print(json.dumps(info, default=str))
         return 0
     states = ", ".join(f"{n} {s}" for s, n in sorted(info["states"].items()))
-    print(f"study {info['name']} ({info['folder']}): space {info['space']}, dataset {info['dataset']}, "
+    print(f"study {info['name']} ({info['folder']}): {info['grid']}, dataset {info['dataset']}, "
           f"budget {info['budget']} trials; {states or 'no trials'}")
+    if info["kind"] == "scaling":
+        what = f"its {info['claims']} claims' verdicts" if info["claims"] else "accuracy per arm and fraction"
+        print(f"`lab study report {info['name']}`: {what}; `lab scale fit {info['name']}`: the scaling-law fits")
     print(f"Pareto set ({', '.join(f'{m} {s}' for m, s in info['objectives'])}): {len(info['pareto'])} trial(s)")
     headers = ["#", "val top-1", "test top-1", "MMACs", "params (M)", "kinds", "text"]
     table = []

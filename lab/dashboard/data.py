@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lab.scaling.table import curve_keys
 from lab.study.config import StudyError
 from lab.study.pareto import pareto_mask, parse_objectives
 from lab.study.store import StudyStore
@@ -234,6 +235,7 @@ def load(folders: list[str | Path]) -> DashboardData:
     resolutions = tuple(sorted({int(r) for r in rows["res"].dropna()}))
     named = named_ids(resolutions) if len(rows) else {}
     rows["label"] = [named.get(a, "") if isinstance(a, str) else "" for a in rows["arch_id"]]
+    rows["curve"] = curve_keys(rows) if len(rows) else pd.Series(dtype=object)   # a scaling study's arm, else arch_id
 
     trained = rows[rows["state"].isin(TRAINED) & np.isfinite(rows["acc"])]
     group_by = "mixer kind" if trained["mixer"].nunique() > 1 or trained.empty else "family"

@@ -34,8 +34,9 @@ MAX_LABELS = 30              # named-architecture labels drawn on a front plot
 MAX_CHOICES = 24             # panels of the accuracy-per-choice view
 MAX_CATEGORIES = 12          # a choice with more distinct values is drawn as a scatter, not boxes
 MAX_EDF_POINTS = 400         # an EDF curve is drawn through this many of its steps at most
-MAX_ARCH_LINES = 5           # architectures trained at several sizes drawn in the scaling view
-ARCH_COLOURS = qualitative.Dark2   # architectures' lines and fits: darker than the groups' points
+MAX_ARCH_LINES = 5           # architectures trained at several sizes drawn in a search's scaling view
+ARCH_COLOURS = qualitative.Dark2 + qualitative.Set1   # architectures' lines and fits: darker than the groups' points
+MAX_SCALING_ARMS = len(ARCH_COLOURS)   # a scaling study's arms drawn (each its own colour)
 FIT_BOOTSTRAP = 500          # bootstrap samples behind the scaling view's bands and crossover intervals
 
 # x column -> (axis title, scale, sense, figure title)
@@ -359,13 +360,13 @@ def _scaling_fits(rows: pd.DataFrame, archs, size: str, accuracy: str, n_boot: i
 
     from lab.errors import LabError
 
-    sub = rows[rows["arch_id"].isin(list(archs))]
+    sub = rows[rows["curve"].isin(list(archs))]
     try:
         curves, _, _ = curves_from_rows(sub, size=size, accuracy=accuracy)
     except LabError:   # rows the fits cannot read: the view draws without fitted curves
         return {}, []
     fits = fit_curves(curves, n_boot=n_boot, seed=0)
-    return {f.curve.arch_id: f for f in fits}, crossovers(fits)
+    return {f.curve.key: f for f in fits}, crossovers(fits)
 
 
 def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
@@ -386,15 +387,16 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
         return None
     rows["error"] = (1.0 - rows["acc"]).clip(lower=1e-4)    # a log axis: no zero
     palette, scatter = colours(data), _scatter(len(rows) > gl_threshold)
-    sizes = rows.groupby("arch_id")["size"].nunique()
-    repeated = sizes[sizes >= 2].sort_values(ascending=False, kind="stable").index[:MAX_ARCH_LINES]
-    arch_colour = {arch: ARCH_COLOURS[i % len(ARCH_COLOURS)] for i, arch in enumerate(repeated)}
+    sizes = rows.groupby("curve")["size"].nunique()
+    repeated = sizes[sizes >= 2].sort_values(ascending=False, kind="stable").index
     # a scaling study (every architecture drawn at several sizes): its trials take their architecture's
     # colour, as its mean and fitted lines do; otherwise trials are coloured by group with each group's best
-    by_arch = len(repeated) == rows["arch_id"].nunique()
+    by_arch = len(repeated) == rows["curve"].nunique() and len(repeated) <= MAX_SCALING_ARMS
+    repeated = repeated[:MAX_SCALING_ARMS if by_arch else MAX_ARCH_LINES]
+    arch_colour = {arch: ARCH_COLOURS[i % len(ARCH_COLOURS)] for i, arch in enumerate(repeated)}
     fig = go.Figure()
     for arch in repeated if by_arch else []:
-        a = rows[rows["arch_id"] == arch]
+        a = rows[rows["curve"] == arch]
         fig.add_trace(scatter(
             x=a["size"].to_numpy(dtype=float), y=a["error"].to_numpy(), mode="markers", legendgroup=f"arch-{arch}",
             showlegend=False, marker=dict(color=arch_colour[arch], size=7, opacity=0.55),
@@ -417,9 +419,9 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
     ends = {}    # where each fitted curve is drawn to: its largest size, or a crossover beyond it
     for c in cross:
         for f in (c.leader, c.overtaker):
-            ends[f.curve.arch_id] = max(ends.get(f.curve.arch_id, 0.0), min(c.size * 1.5, c.d_range[1]))
+            ends[f.curve.key] = max(ends.get(f.curve.key, 0.0), min(c.size * 1.5, c.d_range[1]))
     for i, arch in enumerate(repeated):
-        a = rows[rows["arch_id"] == arch]
+        a = rows[rows["curve"] == arch]
         mean = a.groupby("size")["error"].mean()
         fit = fits.get(arch)
         label = fit.curve.name if fit is not None else next((s for s in a["label"] if s), arch)
@@ -451,7 +453,7 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
             x=grid, y=law.predict(grid), mode="lines", line=dict(color=colour, width=2.5),
             name=f"{label}: {law.law.name} fit", legendgroup=f"arch-{arch}", showlegend=False,
             hovertemplate=f"{html.escape(label)}: fitted error %{{y:.2%}} at %{{x:,.0f}}<br>{text}<extra></extra>",
-            meta={"role": "fit", "arch": label, "arch_id": arch, "law": law.law.name,
+            meta={"role": "fit", "arch": label, "arch_id": fit.curve.arch_id, "curve": arch, "law": law.law.name,
                   "params": {p: law.value(p) for p in law.law.params},
                   "ci": {p: list(v) for p, v in law.ci.items()}, "preferred": True}))
     for c in cross:

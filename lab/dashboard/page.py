@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from lab.dashboard import figures as F
+from lab.dashboard.claims import claims_html
 from lab.dashboard.data import DashboardData, load
 from lab.dashboard.importance import importances
 from lab.files import atomic_write
@@ -105,9 +106,15 @@ def _summary(data: DashboardData) -> str:
         r = data.rows[(data.rows["study"] == s.name)]
         front = int(r["on_front"].sum()) if len(s.objectives) > 1 else 0
         best = r.loc[r["state"] == "complete", "acc"]
+        if c.get("kind") == "scaling":
+            grid = (f"scaling grid of {len(c.get('archs') or [])} archs x fractions "
+                    f"{', '.join(f'{f:g}' for f in c.get('fractions') or [])} x {c.get('seeds')} seeds, "
+                    f"{c.get('epochs', '?')} epochs at the largest ({html.escape(str(c.get('epochs_policy')))}), ")
+        else:
+            grid = (f"space {html.escape(str(c.get('space')))}, fraction {c.get('fraction', 1)}, "
+                    f"{c.get('epochs', '?')} epochs, ")
         items.append(
-            f"<li><b>{html.escape(s.name)}</b>: space {html.escape(str(c.get('space')))}, dataset "
-            f"{html.escape(str(c.get('dataset')))}, fraction {c.get('fraction', 1)}, {c.get('epochs', '?')} epochs, "
+            f"<li><b>{html.escape(s.name)}</b>: {grid}dataset {html.escape(str(c.get('dataset')))}, "
             f"objectives {html.escape(', '.join(f'{m} {x}' for m, x in s.objectives))}; {states}; budget "
             f"{c.get('trials', '?')} trials"
             + (f"; best {F.accuracy_title(data.accuracy)} {_pct(best.max())}" if best.notna().any() else "")
@@ -167,6 +174,11 @@ HELP = {
                "sizes, and through them each one's preferred fitted scaling law (solid; <code>lab scale fit</code> "
                "prints every law) with the bootstrap band of the fitted curve. A cross with a horizontal bar marks "
                "where an architecture of one family overtakes one of another, with the interval of that size.",
+    "claims": "The claims the study's recipe puts to the test (<code>lab study report NAME</code> prints the same "
+              "with every arm's accuracy). A comparison is supported when its interval lies above 0, contradicted "
+              "when below, inconclusive otherwise; intervals are per comparison, without multiple-comparison "
+              "correction. <i>beats</i> and <i>closes-gap</i> pair the arms by seed (the same nested subset), with "
+              "t intervals over seeds; <i>steeper</i> compares bootstrap samples of the power-law exponents.",
 }
 
 CSS = """
@@ -296,6 +308,7 @@ def build_page(data: DashboardData, inline: bool = False, plotly_src: str | None
     from plotly.offline import get_plotlyjs
 
     figs, imp, imp_note = build_figures(data, gl_threshold)
+    claims = claims_html(data)
     has = figs.__contains__
     trained = not data.trained.empty
     group = data.group_by
@@ -320,6 +333,7 @@ def build_page(data: DashboardData, inline: bool = False, plotly_src: str | None
                  _empty("One training-set size only: a scaling view needs trials at several data fractions "
                         "(give several studies, e.g. <code>lab dashboard A B</code>)."),
                  HELP["scaling"] if has("scaling") else None),
+        *([_section("claims", "Claims", claims, HELP["claims"])] if claims else []),
         _section("trials", "Trials",
                  "<div class='tablebar'><input id='table-filter' placeholder='filter: any text in a row'> "
                  "<span id='table-info'></span> <button id='table-more'>show more</button></div>"
@@ -344,7 +358,7 @@ def build_page(data: DashboardData, inline: bool = False, plotly_src: str | None
     title = f"lab dashboard: {data.name}"
     nav = " ".join(f"<a href='#{sid}'>{t}</a>" for sid, t in (
         ("fronts", "fronts"), ("curves", "curves"), ("space", "design space"), ("importance", "importance"),
-        ("scaling", "scaling"), ("trials", "trials"), ("recipe", "recipe")))
+        ("scaling", "scaling"), *([("claims", "claims")] if claims else []), ("trials", "trials"), ("recipe", "recipe")))
     note_html = "".join(f"<div class='note'>{n}</div>" for n in notes(data))
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

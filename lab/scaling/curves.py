@@ -43,6 +43,7 @@ class Curve:
     arch_id: str = ""
     family: str = ""
     metric: str = "error"
+    key: str = ""                 # what the runs have in common: an arch_id, or a scaling study's arm
     info: dict = field(default_factory=dict)
 
     @classmethod

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lab.errors import ScalingError
-from lab.scaling.table import arch_labels, resolve_metric
+from lab.scaling.table import arch_labels, curve_keys, resolve_metric
 from lab.study.pareto import pareto_mask
 
 # cost column -> what it is
@@ -45,7 +45,7 @@ def frontier(rows: pd.DataFrame, cost: str = "macs", metric: str = "auto") -> pd
     mask = pareto_mask(np.column_stack([acc, x]), ["max", "min"])
     front = done[mask].sort_values([cost, metric], kind="mergesort")
     names = arch_labels(front)
-    front = front.assign(arch=[names.get(a, a) for a in front["arch_id"]])
+    front = front.assign(arch=[names.get(k, names.get(a, a)) for k, a in zip(curve_keys(front), front["arch_id"])])
     columns = [c for c in ("study", "number", "arch", "arch_id", "family", "text", "n_train", "fraction") if c in front]
     out = front[columns + [metric] + ([cost] if cost != metric else [])].reset_index(drop=True)
     out.attrs.update(metric=metric, cost=cost, trials=int(len(done)))

@@ -1,8 +1,8 @@
 """From study rows to scaling curves, and from fits to the `scaling_fits.parquet` table.
 
-A curve is one architecture (one `arch_id`; per dataset when the studies mix datasets): its
-complete trials, error = 1 - accuracy against the training-set size, the seeds at one size being
-its runs. Architectures are named as the dashboard names them (a named architecture, natively or
+A curve is one architecture (one `arch_id`, or one arm of a scaling study: an architecture trained
+one way; per dataset when the studies mix datasets): its complete trials, error = 1 - accuracy
+against the training-set size, the seeds at one size being its runs. Architectures are named as the dashboard names them (a named architecture, natively or
 rescaled: `resnet18@28px,w=0.25`), else by their arch_id.
 """
 
@@ -111,26 +111,38 @@ def resolve_size(rows: pd.DataFrame, size: str = "auto") -> str:
     return size
 
 
-def _grid_arch(hparams) -> str | None:
-    """The architecture a scaling study's trial was given (its hparams' vars.arch), if any."""
+def grid_arm(hparams) -> str | None:
+    """The arm a scaling study's trial belongs to (its hparams' vars.arch), if any."""
     if not isinstance(hparams, str) or '"arch"' not in hparams:
         return None
     try:
         arch = json.loads(hparams).get("vars", {}).get("arch")
     except (ValueError, AttributeError):
         return None
-    return arch if isinstance(arch, str) and arch and "|" not in arch else None   # not grammar text
+    return arch if isinstance(arch, str) and arch else None
+
+
+def curve_keys(rows: pd.DataFrame) -> pd.Series:
+    """What makes one curve: a scaling study's arm (one architecture trained one way), else the
+    arch_id (else the text)."""
+    ids = rows["arch_id"] if "arch_id" in rows else pd.Series(None, index=rows.index, dtype=object)
+    ids = ids.fillna(rows["text"] if "text" in rows else "").astype(str)
+    if "hparams" not in rows:
+        return ids
+    arms = pd.Series([grid_arm(h) for h in rows["hparams"]], index=rows.index, dtype=object)
+    return arms.where(arms.notna(), ids)
 
 
 def arch_labels(rows: pd.DataFrame) -> dict[str, str]:
-    """arch_id -> a name: the one a scaling study was given (`--archs resnet18@28px,w=0.25`),
-    else the named architecture it is, natively or rescaled (as the dashboard labels it)."""
+    """curve key (arch_id, or a scaling study's arm) -> a name: the arm's name (`--archs
+    resnet18@28px,w=0.25`, or the label a recipe file gave it) unless it is grammar text, else the
+    named architecture it is, natively or rescaled (as the dashboard labels it)."""
     labels: dict[str, str] = {}
     if "hparams" in rows:
-        for a, h in zip(rows["arch_id"], rows["hparams"]):
-            name = _grid_arch(h)
-            if name and isinstance(a, str):
-                labels.setdefault(a, name)
+        for h in rows["hparams"]:
+            arm = grid_arm(h)
+            if arm and "|" not in arm:
+                labels.setdefault(arm, arm)
     if "label" in rows:
         named = {a: lab for a, lab in zip(rows["arch_id"], rows["label"]) if isinstance(lab, str) and lab}
     else:
@@ -141,6 +153,11 @@ def arch_labels(rows: pd.DataFrame) -> dict[str, str]:
             named = named_ids(resolutions)
         except Exception:  # noqa: BLE001 - no catalog: arch_ids name the curves, not an error
             named = {}
+    if "hparams" in rows:   # a grammar-text arm is named as its architecture is
+        for a, h in zip(rows["arch_id"], rows["hparams"]):
+            arm = grid_arm(h)
+            if arm and "|" in arm and a in named:
+                labels.setdefault(arm, named[a])
     return {**named, **labels}
 
 
@@ -163,8 +180,8 @@ def curves_from_rows(rows: pd.DataFrame, metric: str = "auto", size: str = "auto
         raise ScalingError("the trials have no arch_id column")
     datasets = done["dataset"].dropna().unique() if "dataset" in done else []
     several = len(datasets) > 1
-    keys = done["arch_id"].fillna(done.get("text", pd.Series("", index=done.index))).astype(str)
-    done = done.assign(_key=keys + ((" [" + done["dataset"].astype(str) + "]") if several else ""))
+    keys = curve_keys(done)
+    done = done.assign(_curve=keys, _key=keys + ((" [" + done["dataset"].astype(str) + "]") if several else ""))
     if size == "n_train" and "fraction" in done:
         # the runs of one fraction are one size, should their image counts differ by a few
         frac = pd.to_numeric(done["fraction"], errors="coerce")
@@ -177,10 +194,12 @@ def curves_from_rows(rows: pd.DataFrame, metric: str = "auto", size: str = "auto
         families = g["family"].dropna() if "family" in g else pd.Series(dtype=str)
         family = str(families.mode().iloc[0]) if len(families) else ""
         dataset = str(g["dataset"].iloc[0]) if "dataset" in g and g["dataset"].notna().any() else ""
-        label = names.get(arch_id, arch_id or str(key)) + (f" [{dataset}]" if several else "")
+        curve = str(g["_curve"].iloc[0])
+        own = arch_id if curve == arch_id or "|" in curve else curve   # grammar text is named by its arch_id
+        label = (names.get(curve) or own or str(key)) + (f" [{dataset}]" if several else "")
         text = str(g["text"].dropna().iloc[0]) if "text" in g and g["text"].notna().any() else ""
         curves.append(Curve.from_points(g["_size"].to_numpy(float), g["_error"].to_numpy(float), name=label,
-                                        arch_id=arch_id, family=family, metric=column,
+                                        arch_id=arch_id, family=family, metric=column, key=curve,
                                         info={"dataset": dataset, "text": text}))
     curves.sort(key=lambda c: (c.family, c.name))
     return curves, metric, size

@@ -25,6 +25,16 @@ class StudyError(LabError):
     """A study that cannot be created or resumed as asked."""
 
 
+def check_mapping(entry, keys: tuple[str, ...], where: str, expected: str) -> dict:
+    """`entry` when it is a mapping of known `keys`; else StudyError naming `where`."""
+    if not isinstance(entry, dict):
+        raise StudyError(f"{where}: expected {expected}")
+    unknown = sorted(set(entry) - set(keys))
+    if unknown:
+        raise StudyError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
+    return entry
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     name: str
@@ -32,7 +42,8 @@ class StudyConfig:
     space: str = "hybrid"
     dataset: str = "mnist5k"
     trials: int | None = None              # trained trials (rejected points do not count); a grid's size
-    archs: list[str] | None = None         # scaling: named points (with multipliers) or grammar text
+    archs: list | None = None              # scaling: arms: names with multipliers, grammar text, or mappings
+                                           # {name, arch, recipe: {field: value}, teacher: arm} (lab.study.grid)
     fractions: list[float] | None = None   # scaling: nested fractions of the training split
     seeds: int = 1                         # scaling: seeds seed, seed+1, ... per (arch, fraction)
     epochs_policy: str = "constant-steps"  # scaling: constant-steps or constant-epochs
@@ -51,6 +62,7 @@ class StudyConfig:
     concurrency: int = 2
     seed: int = 0
     device: str = "auto"
+    claims: list | None = None             # scaling: the claims `lab study report` tests (lab.study.claims)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -58,7 +70,7 @@ class StudyConfig:
         if self.kind == "scaling":
             self._resolve_grid()
         else:
-            for field in ("archs", "fractions"):
+            for field in ("archs", "fractions", "claims"):
                 if getattr(self, field) is not None:
                     raise StudyError(f"study {field} is for scaling studies (--kind scaling)")
             self._set("trials", DEFAULT_TRIALS if self.trials is None else self.trials)
@@ -84,11 +96,13 @@ class StudyConfig:
         object.__setattr__(self, field, value)   # resolving defaults of a frozen config
 
     def _resolve_grid(self) -> None:
-        from lab.study.grid import split_archs
+        from lab.study.claims import parse_claims
+        from lab.study.grid import parse_arms, split_archs
 
-        archs = split_archs(self.archs) if isinstance(self.archs, str) else list(self.archs or [])
-        if not archs or not all(isinstance(a, str) and a.strip() for a in archs):
+        archs = split_archs(self.archs) if isinstance(self.archs, str) else self.archs
+        if not isinstance(archs, list) or not archs:
             raise StudyError("study archs: a scaling study needs --archs A,B,... (names or grammar text)")
+        arms = parse_arms(archs, self.recipe)
         fractions = self.fractions
         if isinstance(fractions, str):
             try:
@@ -106,14 +120,22 @@ class StudyConfig:
             raise StudyError("study fraction: a scaling study takes its fractions from --fractions (fraction stays 1)")
         if self.scheduler not in (None, "fifo"):
             raise StudyError(f"study scheduler = {self.scheduler!r}: a scaling study trains every cell (fifo)")
-        self._set("archs", archs)
+        self._set("archs", [arm.to_setting() for arm in arms])
         self._set("fractions", sorted({float(f) for f in fractions}))
-        size = len(archs) * len(self.fractions) * self.seeds
+        if self.claims is not None:
+            self._set("claims", [c.to_setting() for c in parse_claims(self.claims, [a.name for a in arms], self.fractions)])
+        size = len(arms) * len(self.fractions) * self.seeds
         if self.trials not in (None, size):
             raise StudyError(f"study trials = {self.trials!r}: a scaling study trains its grid, "
-                             f"{len(archs)} archs x {len(self.fractions)} fractions x {self.seeds} seeds = {size}")
+                             f"{len(arms)} archs x {len(self.fractions)} fractions x {self.seeds} seeds = {size}")
         self._set("trials", size)
         self._set("scheduler", "fifo")
+
+    def arms(self) -> list:
+        """A scaling study's arms (lab.study.grid.Arm)."""
+        from lab.study.grid import parse_arms
+
+        return parse_arms(self.archs or [], self.recipe)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

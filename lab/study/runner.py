@@ -28,6 +28,7 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
     from ray import tune
 
     from lab.errors import TrainError
+    from lab.study.teachers import teacher_checkpoint
     from lab.train.recipes import recipe
     from lab.train.run import train
 
@@ -41,16 +42,22 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
                      "worker_seconds": time.perf_counter() - start, **epoch})
 
     final = {"number": number, "kind": "final", "worker": worker}
-    run = config.get("run") or {}   # a scaling cell's fraction, seed and epochs
+    run = config.get("run") or {}   # a scaling cell's fraction, seed, epochs and teacher
     try:
+        epochs = run.get("epochs", settings["epochs"])
         hparams = {k: v for k, v in config["hparams"].items() if k not in ("epochs", "batch_size")}
-        rec = recipe(settings["recipe"], batch_size=settings["batch_size"], epochs=run.get("epochs", settings["epochs"]),
-                     **hparams)
+        rec = recipe(settings["recipe"], batch_size=settings["batch_size"], epochs=epochs, **hparams)
         seed = run.get("seed", settings["seed"])
         if "fraction" in run:
             data = data.with_fraction(run["fraction"], seed)
+        teacher = None
+        if "teacher" in run:   # trained (or found) first, at this cell's data, seed and epochs
+            teacher_recipe = recipe(settings["recipe"], batch_size=settings["batch_size"], epochs=epochs,
+                                    **run["teacher"]["recipe"])
+            teacher = teacher_checkpoint(settings["teachers"], run["teacher"], data, teacher_recipe, seed,
+                                         settings["device"])
         result = train(config["text"], data, recipe=rec, seed=seed, device=settings["device"], out=None,
-                       on_epoch=on_epoch)
+                       distill_from=teacher, on_epoch=on_epoch)
         final.update({k: result.record.get(k) for k in TRIAL_RESULT_KEYS}, state="complete")
     except TrainError as e:   # diverged (the record comes along) or a bad recipe
         record = getattr(e, "record", None) or {}
@@ -157,7 +164,7 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
     space = load_space(config.space) if config.kind == "search" else None
     data = load_dataset(config.dataset, seed=config.seed, fraction=config.fraction)
     if config.kind == "scaling":
-        space = ScalingGrid(config.archs, config.fractions, [config.seed + i for i in range(config.seeds)],
+        space = ScalingGrid(config.arms(), config.fractions, [config.seed + i for i in range(config.seeds)],
                             config.epochs, config.epochs_policy, config.res, data.image_size, data.num_classes,
                             data.in_chans)
     space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans)
@@ -202,7 +209,7 @@ def _tune(config: StudyConfig, searcher, data, objectives, store, remaining: int
                      if config.scheduler == "asha" else FIFOScheduler())
         settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
                     "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
-                    "cpus": config.cpus_per_trial}
+                    "cpus": config.cpus_per_trial, "teachers": str(store.folder / "teachers")}
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, settings=settings),
                                         {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
         tuner = tune.Tuner(

@@ -6,15 +6,13 @@ under an exclusive lock, so a crash or a concurrent writer never leaves a half-w
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lab.errors import LabError
-from lab.files import atomic_write
+from lab.files import atomic_write, file_lock
 
 # name, type, meaning (README "Result schema" is generated from the same list's meanings)
 RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
@@ -55,17 +53,6 @@ RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
 RUN_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in RUN_FIELDS])
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def append_record(path: str | Path, record: dict) -> None:
     """Append one run to the Parquet table at `path` (created if absent), atomically."""
     path = Path(path)
@@ -74,7 +61,7 @@ def append_record(path: str | Path, record: dict) -> None:
     if missing:
         raise ValueError(f"run record lacks {missing}")
     row = pa.Table.from_pylist([{k: record[k] for k in RUN_SCHEMA.names}], schema=RUN_SCHEMA)
-    with _locked(path):
+    with file_lock(path.with_name(f".{path.name}.lock")):
         if path.exists():
             old = read_records(path)
             row = pa.concat_tables([old, row], promote_options="permissive").cast(RUN_SCHEMA)
