@@ -90,10 +90,15 @@ def resolve(ref: str) -> Spec:
     if not mods:
         return spec
     res, w, d, p = None, 1.0, 1.0, None
+    seen: set[str] = set()
     for mod in mods.split(","):
         m = _MOD.match(mod.strip())
         if not m:
             raise SpecError(f"bad multiplier {mod.strip()!r} in {ref!r} (expected NNpx, w=F, d=F or p=N)")
+        which = "px" if m.group(1) else "p" if m.group(4) else m.group(2)
+        if which in seen:
+            raise SpecError(f"multiplier {which!r} given twice in {ref!r}")
+        seen.add(which)
         if m.group(1):
             res = int(m.group(1))
         elif m.group(4):

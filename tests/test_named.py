@@ -153,3 +153,10 @@ def test_bad_multiplier_names_its_field():
     with pytest.raises(lab.SpecError) as info:
         lab.scale(lab.named("resnet50"), res=0)
     assert info.value.path == "res"
+
+
+@pytest.mark.parametrize("ref, which", [("resnet50@32px,w=0.5,w=0.25", "w"), ("resnet50@32px,64px", "px"),
+                                        ("vit_s16@32px,p=4,d=0.5,p=8", "p"), ("resnet50@32px,d=0.5,d=0.5", "d")])
+def test_a_repeated_multiplier_is_an_error(ref, which):
+    with pytest.raises(lab.SpecError, match=f"multiplier '{which}' given twice"):
+        lab.resolve(ref)
