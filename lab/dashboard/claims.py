@@ -4,23 +4,12 @@ says (lab.study.report): each claim, its verdict, and its comparisons with their
 from __future__ import annotations
 
 import html
-import math
 
 from lab.dashboard.data import DashboardData
 
 VERDICT_COLOURS = {"supported": "#1b7f3b", "partly supported": "#5f9e3a", "contradicted": "#b3261e",
                    "partly contradicted": "#c0612b", "mixed": "#8a6d00", "inconclusive": "#666"}
 CLAIM_BOOTSTRAP = 400    # bootstrap samples of the exponents behind `steeper` claims on a page
-
-
-def _interval(c, steeper: bool) -> str:
-    scale, fmt = (1.0, "{:+.3f}") if steeper else (100.0, "{:+.1f}")
-    if c.value is None or not math.isfinite(c.value):
-        return "–"
-    text = fmt.format(scale * c.value)
-    if math.isfinite(c.lo) and math.isfinite(c.hi):
-        text += f" [{fmt.format(scale * c.lo)}, {fmt.format(scale * c.hi)}]"
-    return text + ("" if steeper else " points")
 
 
 def claims_html(data: DashboardData, n_boot: int = CLAIM_BOOTSTRAP) -> str | None:
@@ -34,11 +23,9 @@ def claims_html(data: DashboardData, n_boot: int = CLAIM_BOOTSTRAP) -> str | Non
         report = build_report(study.folder, n_boot=n_boot)
         rows = []
         for r in report.claims:
-            steeper = r.claim.test == "steeper"
             details = "<br>".join(
                 f"{html.escape(c.arm)} vs {html.escape(c.than)}: {html.escape(c.statistic)} = "
-                f"{_interval(c, steeper)}" + (f", {c.n} seeds" if c.n and not steeper else "")
-                + f" → {c.verdict}" + (f" <i>({html.escape(c.note)})</i>" if c.note else "")
+                f"{c.measured(r.claim.test)} → {c.verdict}" + (f" <i>({html.escape(c.note)})</i>" if c.note else "")
                 for c in r.comparisons)
             colour = VERDICT_COLOURS.get(r.verdict, "#666")
             rows.append(f"<tr><td class='t'>{html.escape(r.claim.says)}</td>"

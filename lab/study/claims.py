@@ -99,6 +99,17 @@ class Comparison:
     verdict: str = "inconclusive"
     note: str | None = None       # why there is no number, or a caveat
 
+    def measured(self, test: str) -> str:
+        """'+4.3 [+2.7, +5.9] points, 3 seeds' (accuracy in points; an exponent difference as is)."""
+        steeper = test == "steeper"
+        scale, fmt = (1.0, "{:+.3f}") if steeper else (100.0, "{:+.1f}")
+        if not math.isfinite(self.value):
+            return "–"
+        text = fmt.format(scale * self.value)
+        if math.isfinite(self.lo) and math.isfinite(self.hi):
+            text += f" [{fmt.format(scale * self.lo)}, {fmt.format(scale * self.hi)}]"
+        return text + ("" if steeper else f" points, {self.n} seed{'s' * (self.n != 1)}")
+
 
 @dataclass
 class ClaimResult:

@@ -62,7 +62,7 @@ def build_report(name: str | Path, root: str | Path | None = None, level: float 
                  metric: str = "auto", seed: int = 0) -> StudyReport:
     """The report of scaling study `name` (a name under `root`, or a study folder)."""
     from lab.scaling.curves import fit_curves
-    from lab.scaling.table import curves_from_rows, load_rows, resolve_metric
+    from lab.scaling.table import curve_keys, curves_from_rows, load_rows, resolve_metric
     from lab.study.store import StudyStore
 
     folder = find_study(str(name), root)
@@ -80,16 +80,15 @@ def build_report(name: str | Path, root: str | Path | None = None, level: float 
     if len(done):
         curves, _, _ = curves_from_rows(done, metric=metric, size="n_train")
         fits = {f.curve.key: f for f in fit_curves(curves, ("power",), n_boot=n_boot, seed=seed, level=level)}
-    n_train = (pd.DataFrame({"fraction": [json.loads(h)["vars"].get("fraction") for h in done["hparams"]],
-                             "n_train": done["n_train"]}).groupby("fraction")["n_train"].median()
-               if len(done) else pd.Series(dtype=float))
+    n_train = done.groupby("fraction")["n_train"].median() if len(done) else pd.Series(dtype=float)   # a cell's own
     accuracy = (table.groupby(["arm", "fraction"])["acc"].agg(mean="mean", sd="std", seeds="count").reset_index()
                 if len(table) else pd.DataFrame(columns=["arm", "fraction", "mean", "sd", "seeds"]))
     accuracy.insert(2, "n_train", [n_train.get(f) for f in accuracy["fraction"]])
 
-    arms = []
-    for arm in config.arms():
-        mine = done[[_arm_of(h) == arm.name for h in done["hparams"]]] if len(done) else done
+    arms, grid = [], config.arms()
+    keys = curve_keys(done) if len(done) else None
+    for arm in grid:
+        mine = done[keys == arm.name] if len(done) else done
         info = {"name": arm.name, "arch": arm.arch, "recipe": arm.recipe, "teacher": arm.teacher,
                 "family": _first(mine, "family"), "params": _first(mine, "params"), "macs": _first(mine, "macs"),
                 "b": None, "b_lo": None, "b_hi": None, "b_note": None}
@@ -97,20 +96,14 @@ def build_report(name: str | Path, root: str | Path | None = None, level: float 
         law = fit.laws.get("power") if fit is not None and not fit.reason else None
         if law is not None and law.ok:
             lo, hi = law.ci.get("b", (math.nan, math.nan))
-            info.update(b=law.value("b"), b_lo=_num(lo), b_hi=_num(hi))
+            info.update(b=law.value("b"), b_lo=lo if math.isfinite(lo) else None, b_hi=hi if math.isfinite(hi) else None)
         else:
             info["b_note"] = (fit.reason if fit is not None and fit.reason else
                               law.reason if law is not None else "no complete trials")
         arms.append(info)
-    claims = parse_claims(config.claims or [], [a.name for a in config.arms()])
+    claims = parse_claims(config.claims or [], [a.name for a in grid])
     results = evaluate(claims, done, metric, fits, level)
     return StudyReport(config.name, folder, config, metric, level, arms, accuracy, _teachers(folder), results, states)
-
-
-def _arm_of(hparams) -> str | None:
-    from lab.scaling.table import grid_arm
-
-    return grid_arm(hparams)
 
 
 def _first(frame: pd.DataFrame, column: str):
@@ -121,26 +114,12 @@ def _first(frame: pd.DataFrame, column: str):
     return v.item() if hasattr(v, "item") else v
 
 
-def _num(v: float) -> float | None:
-    return float(v) if v is not None and math.isfinite(v) else None
-
-
 # --- text ------------------------------------------------------------------------------------
 
-def _pct(v, signed: bool = False) -> str:
+def _pct(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
-    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
-
-
-def _interval(c, scale: float = 100.0, digits: int = 1) -> str:
-    if not math.isfinite(c.value):
-        return "–"
-    fmt = f"{{:+.{digits}f}}"
-    text = fmt.format(scale * c.value)
-    if math.isfinite(c.lo) and math.isfinite(c.hi):
-        text += f" [{fmt.format(scale * c.lo)}, {fmt.format(scale * c.hi)}]"
-    return text
+    return f"{100 * v:.1f}"
 
 
 def _table(rows: list[dict]) -> str:
@@ -207,11 +186,9 @@ def format_report(report: StudyReport) -> str:
         lines.append(f"claim {i}: {r.claim.says}")
         lines.append(f"  verdict: {r.verdict.upper()} ({r.claim.test}; {report.level:.0%} intervals)")
         for cmp in r.comparisons:
-            scale, digits, unit = (1.0, 3, "") if r.claim.test == "steeper" else (100.0, 1, " points")
-            n = f", {cmp.n} seeds" if r.claim.test != "steeper" and cmp.n else ""
             note = f" ({cmp.note})" if cmp.note else ""
-            lines.append(f"  {cmp.arm} vs {cmp.than}: {cmp.statistic} = {_interval(cmp, scale, digits)}{unit}"
-                         f"{n} -> {cmp.verdict}{note}")
+            lines.append(f"  {cmp.arm} vs {cmp.than}: {cmp.statistic} = {cmp.measured(r.claim.test)} -> "
+                         f"{cmp.verdict}{note}")
         lines.append("")
     if report.claims:
         lines.append("Intervals are per comparison (no multiple-comparison correction); `beats` and `closes-gap` pair "
