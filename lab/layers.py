@@ -9,21 +9,51 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-__all__ = ["DropPath", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "make_conv", "make_norm", "make_act"]
+__all__ = ["DropPath", "Conv2dSame", "MaxPool2dSame", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "adapt_input_channels", "make_conv", "make_norm",
+           "make_act", "resample_grid"]
+
+
+def pad_same(x: torch.Tensor, k: int, s: int, value: float = 0.0) -> torch.Tensor:
+    """TensorFlow's 'SAME' padding of a k x k window at stride s: out = ceil(in / s), with the odd
+    pixel of padding on the bottom/right (the original ViT-hybrid and EfficientNet weights)."""
+    ih, iw = x.shape[-2:]
+    ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
+    pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
+    if ph or pw:
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
+    return x
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow 'SAME' padding (see pad_same)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(pad_same(x, self.kernel_size[0], self.stride[0]))
 
 
 class StdConv2d(nn.Conv2d):
-    """Conv2d with Weight Standardization (BiT): each filter is normalized to zero mean, unit variance."""
+    """Conv2d with Weight Standardization (BiT): each filter is normalized to zero mean, unit
+    variance. `same`: TensorFlow 'SAME' padding instead of the module's own."""
 
-    def __init__(self, *args, eps: float = 1e-8, **kwargs):
+    def __init__(self, *args, eps: float = 1e-8, same: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.eps = eps
+        self.same = same
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight  # standardized per filter (biased variance, as timm's batch_norm trick)
         var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, correction=0)
         w = (w - mean) * torch.rsqrt(var + self.eps)
+        if self.same:
+            x = pad_same(x, self.kernel_size[0], self.stride[0])
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class MaxPool2dSame(nn.MaxPool2d):
+    """MaxPool2d with TensorFlow 'SAME' padding (padded with -inf: padding never wins the max)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(pad_same(x, self.kernel_size, self.stride, value=float("-inf")))
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -49,8 +79,36 @@ class SqueezeExcite(nn.Module):
         return x * self.expand(self.act(self.reduce(s))).sigmoid()
 
 
+def adapt_input_channels(weight: torch.Tensor, cin: int) -> torch.Tensor:
+    """A first layer's (out, c, k, k) filters for `cin` input channels, as timm adapts pretrained RGB
+    filters: summed for one channel, else repeated cyclically and rescaled by c / cin."""
+    c = weight.shape[1]
+    if cin == 1:
+        return weight.sum(1, keepdim=True)
+    return weight.repeat(1, math.ceil(cin / c), 1, 1)[:, :cin] * (c / cin)
+
+
+def resample_grid(pos: torch.Tensor, prefix: int, h: int, w: int) -> torch.Tensor | None:
+    """A (1, prefix + n, C) position embedding of a square grid of n tokens, resampled to h x w
+    (bicubic, antialiased, as timm resamples pretrained ViT embeddings); the prefix tokens' rows are
+    kept. None when the grid is not square."""
+    n = pos.shape[1] - prefix
+    side = math.isqrt(max(n, 0))
+    if side * side != n or n == 0:
+        return None
+    grid = pos[:, prefix:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([pos[:, :prefix], grid.permute(0, 2, 3, 1).reshape(1, h * w, -1).to(pos.dtype)], 1)
+
+
 def make_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, ws: bool = False,
-              bias: bool = False, padding: int | None = None) -> nn.Conv2d:
+              bias: bool = False, padding: int | None = None, same: bool = False) -> nn.Conv2d:
+    """A k x k conv: padding (k-1)//2 by default, or TensorFlow's 'SAME' (`same`, same output size
+    for odd k, the odd pixel of padding moved to the bottom/right)."""
+    if same:
+        if ws:
+            return StdConv2d(cin, cout, k, stride=stride, padding=0, groups=groups, bias=bias, same=True)
+        return Conv2dSame(cin, cout, k, stride=stride, padding=0, groups=groups, bias=bias)
     p = (k - 1) // 2 if padding is None else padding
     cls = StdConv2d if ws else nn.Conv2d
     return cls(cin, cout, k, stride=stride, padding=p, groups=groups, bias=bias)

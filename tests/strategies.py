@@ -52,15 +52,17 @@ def _maybe(draw, strategy, p_none: int = 1):
 def _stem(draw) -> str:
     k = draw(st.sampled_from([1, 2, 3, 4, 5, 7]))
     s = draw(st.sampled_from(sorted({1, 2, k if k <= 4 else 2})))
-    conv = draw(_call("conv", {"c": draw(st.sampled_from(WIDTHS)), "k": k, "s": s,
-                               "p": _maybe(draw, st.integers(0, k // 2), 2),
-                               "bias": draw(st.booleans()), "ws": k > 1 and draw(st.booleans())}, {"g": 1}))
+    p = _maybe(draw, st.integers(0, k // 2), 2)
+    conv = draw(_call("conv", {"c": draw(st.sampled_from(WIDTHS)), "k": k, "s": s, "p": p,
+                               "bias": draw(st.booleans()), "ws": k > 1 and draw(st.booleans()),
+                               "same": p is None and draw(st.booleans())}, {"g": 1}))
     ops = [op for op in (draw(st.sampled_from([None, None, None, "bn", "relu", "pad", "ln"])), conv) if op]
     norm = draw(st.sampled_from([None, "bn", "ln", "gn"]))
     if norm == "gn":
         norm = draw(_call("gn", {"g": draw(st.sampled_from([1, 2, 4, 8]))}))
     act = draw(st.sampled_from([None, "relu", "silu", "gelu"]))
-    pool = draw(st.sampled_from([None, None, "maxpool", "maxpool(k=2,p=0)", "avgpool", "pad,maxpool(p=0)"]))
+    pool = draw(st.sampled_from([None, None, "maxpool", "maxpool(k=2,p=0)", "avgpool", "pad,maxpool(p=0)",
+                                 "maxpool(same=1)"]))
     return ",".join(op for op in ops + [norm, act, pool] if op)
 
 
@@ -70,7 +72,8 @@ def _block(draw, kind: str) -> str:
         return "basic"
     if kind == "bottleneck":
         params = {"e": draw(st.sampled_from([1, 2, 4, 2.0, 0.5])), "se": draw(st.sampled_from([None, 0.25, 0.5])),
-                  "norm": draw(st.sampled_from([None, None, "gn"])), "ws": draw(st.sampled_from([None, True]))}
+                  "norm": draw(st.sampled_from([None, None, "gn"])), "ws": draw(st.sampled_from([None, True])),
+                  "same": draw(st.sampled_from([None, None, True]))}
         grouping = draw(st.sampled_from(["none", "g", "gw"]))
         if grouping == "g":
             params["g"] = draw(st.sampled_from([2, 4]))

@@ -54,6 +54,15 @@ def _summary(name: str, spec, entry: catalog.Entry | None, classes: int = 1000, 
     return out
 
 
+def _timm_layout(timm_name: str) -> str | None:
+    from lab.interop.timm import InteropError, dialect_of
+
+    try:
+        return dialect_of(timm_name)
+    except InteropError:
+        return None
+
+
 def _pct(ours: float, published: float | None) -> str:
     return "" if not published else f"{100 * (ours - published) / published:+.1f}%"
 
@@ -79,6 +88,8 @@ def run_show(args: argparse.Namespace) -> int:
     base = None if args.ref.lstrip().startswith("@") else args.ref.split("@")[0].strip()
     entry = catalog.entries().get(base) if base else None
     info = _summary(name, spec, entry, args.classes, args.in_chans)
+    if entry and entry.timm:
+        info["timm_layout"] = _timm_layout(entry.timm)
     rep = cost(spec, args.classes, args.in_chans)
     stages = [{"stage": r.name, "block": r.block, "depth": r.depth, "res": f"{r.h}x{r.w}", "channels": r.channels,
                "tokens": r.tokens, "prefix_tokens": r.prefix, "params": r.params, "macs": r.macs, "acts": r.acts}
@@ -88,8 +99,10 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
     print(f"{info['name']}  ({info['family']}, arch_id {info['arch_id']})")
     print(f"  {info['text']}")
-    if entry and (entry.timm or entry.reference):
-        print(f"  reference: {'timm ' + entry.timm if entry.timm else entry.reference}")
+    if entry and entry.timm:
+        print(f"  timm: {entry.timm} (weights in its {info['timm_layout']} layout load with --init timm:{entry.timm})")
+    elif entry and entry.reference:
+        print(f"  reference: {entry.reference}")
     print()
 
     def out(s: dict) -> str:  # "56x56" for a map, "1+14x14 tok" for tokens with a class token

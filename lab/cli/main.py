@@ -17,7 +17,7 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def make_parser() -> ArgParser:
-    from lab.cli import arch, dashboard, probe, scale, study, train
+    from lab.cli import arch, dashboard, probe, scale, study, train, transfer
 
     parser = ArgParser(prog="lab", description="A neural-architecture search and scaling lab for vision models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
@@ -25,6 +25,7 @@ def make_parser() -> ArgParser:
     arch.add_parser(sub)
     train.add_parser(sub)
     probe.add_parser(sub)
+    transfer.add_parser(sub)
     study.add_parser(sub)
     dashboard.add_parser(sub)
     scale.add_parser(sub)

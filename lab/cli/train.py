@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--res", type=_positive, help="input resolution (default: the point's @px, else the dataset's image size)")
     p.add_argument("--distill-from", metavar="CKPT", help="a lab checkpoint (model.pt) to distill from, DeiT style")
     p.add_argument("--distill", choices=["hard", "soft"], help="distillation kind (default: the recipe's, hard)")
+    p.add_argument("--init", metavar="timm:NAME|PATH",
+                   help="start from pretrained weights: timm:NAME (downloads through timm) or a checkpoint file "
+                        "(lab's, or timm's layout); a classifier of another class count is re-initialized")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default="runs", help="folder of checkpoints and runs.parquet (default runs)")
     p.add_argument("--data-root", help="where downloadable datasets live (default $LAB_DATA or ~/.cache/lab/data)")
@@ -58,11 +61,13 @@ def run_train(args: argparse.Namespace) -> int:
     rec = recipe(args.recipe, distill=args.distill)
     result = train(args.arch, args.dataset, recipe=rec, epochs=args.epochs, batch_size=args.batch_size,
                    lr=args.lr, fraction=args.fraction, seed=args.seed, res=args.res,
-                   distill_from=args.distill_from, device=args.device, out=args.out, data_root=args.data_root,
+                   distill_from=args.distill_from, init=args.init, device=args.device, out=args.out, data_root=args.data_root,
                    progress=not args.no_progress and sys.stderr.isatty())
     if args.json:
         print(json.dumps(result.record, default=str))
     else:
+        if result.init_note:
+            print(f"init: {result.init_note}")
         label = args.arch if not args.arch.lstrip().startswith("@") else f"@{result.record['res']} point"
         print(summary_line(result.record, label))
     return 0

@@ -10,7 +10,7 @@ import torch
 
 from lab.errors import DataError
 
-from lab.data.split import SPLIT_SEED, Reader, Split, mix, nested_fraction
+from lab.data.split import SPLIT_SEED, Reader, Split, few_shot, mix, nested_fraction
 
 STATS_SAMPLE = 2000  # images a streaming dataset's mean/std are estimated on
 
@@ -33,6 +33,7 @@ class Dataset:
     val: Split
     test: Split
     classes: tuple[str, ...] = field(default=())  # class names, where the source has them
+    shots: int | None = None  # k of a k-shot training split (with_shots); None for a fraction
 
     @property
     def n_train(self) -> int:
@@ -46,6 +47,18 @@ class Dataset:
             raise DataError(f"{self.name}: with_fraction needs the full training split (this one holds fraction {self.fraction:g})")
         train = self.train.subset(nested_fraction(self.train.labels, fraction, seed))
         return dataclasses.replace(self, fraction=float(fraction), seed=seed, train=train)
+
+    def with_shots(self, k: int, seed: int) -> "Dataset":
+        """This dataset with a k-shot training split: k images of every class of the full training
+        split, drawn with `seed` (the support set a k-shot probe with that seed fits on)."""
+        if self.fraction != 1:
+            raise DataError(f"{self.name}: with_shots needs the full training split (this one holds fraction {self.fraction:g})")
+        smallest = int(torch.unique(self.train.labels, return_counts=True)[1].min())
+        if not 1 <= k <= smallest:
+            raise DataError(f"{self.name}: {k}-shot needs 1 to {smallest} images per class (its smallest class has {smallest})")
+        picks = torch.sort(few_shot(self.train.labels, k, seed)).values
+        return dataclasses.replace(self, fraction=len(picks) / len(self.train), seed=seed,
+                                   train=self.train.subset(picks), shots=k)
 
     def __repr__(self) -> str:
         where = "in memory" if self.train.in_memory else "streaming"

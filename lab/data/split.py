@@ -70,6 +70,17 @@ def nested_fraction(labels: torch.Tensor, fraction: float, seed: int) -> torch.T
     return torch.sort(torch.cat(keep)).values if keep else torch.empty(0, dtype=torch.int64)
 
 
+def few_shot(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Positions of k examples of every class in `labels`, drawn without replacement (seeded),
+    class by class: a k-shot support set (BiT's few-shot transfer)."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(labels):
+        members = torch.nonzero(labels == c).flatten()
+        picks.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.cat(picks)
+
+
 def order(n: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
     """The positions an epoch visits: a permutation seeded by (seed, epoch), or 0..n-1."""
     if not shuffle:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, NamedTuple
 
+import torch
 from torch import nn
 
 from lab.errors import SpecError
@@ -197,6 +198,19 @@ class Kind:
         """This element under width multiplier `m`; `channels` maps an absolute channel count to
         its scaled value, the same one everywhere in the spec (kinds with channel counts override)."""
         return self
+
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        """How timm's models of `dialect` (see lab.interop.timm) name this element's weights:
+        {local prefix: timm's local prefix}; each state_dict key takes its longest matching prefix
+        ("" matches every key). None when those models have no counterpart of this element. The
+        default keeps every name: the element's modules are named as timm names them."""
+        return {"": ""}
+
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape) -> torch.Tensor | None:
+        """`value`, a pretrained tensor for this element's `local` key, made to fit the model's
+        `shape` where the element knows how (another token grid, other input channels), given the
+        element's input shape `s`; None where it does not."""
+        return None
 
     @classmethod
     def params_doc(cls) -> list[tuple[str, Any, str]]:

@@ -22,6 +22,12 @@ class Basic(Block):
                 + shortcut_cost(s.c, width, stride, h, w))
         return Shape(width, h, w), cost
 
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        if dialect != "resnet":
+            return None
+        return {"branch.0": "conv1", "branch.1": "bn1", "branch.3": "conv2", "branch.4": "bn2",
+                "shortcut.0": "downsample.0", "shortcut.1": "downsample.1"}
+
     def build_unit(self, s: Shape, width: int, stride: int, drop_path: float) -> nn.Module:
         branch = nn.Sequential(
             make_conv(s.c, width, 3, stride), nn.BatchNorm2d(width), nn.ReLU(inplace=True),

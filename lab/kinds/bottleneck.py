@@ -4,11 +4,12 @@
     bottleneck(e=2,g=32)       ResNeXt-50 32x4d: grouped 3x3
     bottleneck(e=2)            Wide ResNet-50-2: twice the bottleneck width
     bottleneck(e=1,gw=64,se=0.25)  RegNetY: group width 64, squeeze-excitation of the input width
-    bottleneck(norm=gn,ws=1)   ResNet-v2 without pre-activation (BiT-style ViT hybrid backbone)
+    bottleneck(norm=gn,ws=1,same=1)  ResNet-v2 without pre-activation, TF padding (the ViT hybrid backbone)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from torch import nn
@@ -47,6 +48,7 @@ class Bottleneck(Block):
     se: float = param(0.0, lo=0.0, hi=1.0, doc="squeeze-excitation width as a ratio of the block input")
     norm: str = param("bn", choices=("bn", "gn"), doc="normalization")
     ws: bool = param(False, doc="weight-standardized convs")
+    same: bool = param(False, doc="TensorFlow 'SAME' padding of the 3x3 conv (ViT-hybrid backbones)")
 
     def check(self) -> None:
         if self.gw and self.g != 1:
@@ -70,7 +72,7 @@ class Bottleneck(Block):
     def widen(self, m: float, channels: Callable[[int], int]) -> "Bottleneck":
         if not self.gw:
             return self
-        return Bottleneck(self.e, self.g, round_channels(self.gw * m), self.se, self.norm, self.ws)
+        return dataclasses.replace(self, gw=round_channels(self.gw * m))
 
     def unit(self, s: Shape, width: int, stride: int) -> tuple[Shape, Cost]:
         mid = split_width(width, self.e)
@@ -85,10 +87,27 @@ class Bottleneck(Block):
             cost = cost + se_cost(mid, self.se_width(s.c))
         return Shape(width, h, w), cost
 
+    # timm's names of the i-th conv and norm of the branch, and of the shortcut's conv and norm
+    TIMM_NAMES = {"resnet": ("conv{}", "bn{}", "downsample.0", "downsample.1"),
+                  "regnet": ("conv{}.conv", "conv{}.bn", "downsample.conv", "downsample.bn"),
+                  "vit_hybrid": ("conv{}", "norm{}", "downsample.conv", "downsample.norm")}
+
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        if dialect not in self.TIMM_NAMES:
+            return None
+        conv, norm, short_conv, short_norm = self.TIMM_NAMES[dialect]
+        last = 7 if self.se else 6  # the SE module sits between the 3x3's ReLU and the last conv
+        rules = {"branch.0": conv.format(1), "branch.1": norm.format(1), "branch.3": conv.format(2),
+                 "branch.4": norm.format(2), f"branch.{last}": conv.format(3), f"branch.{last + 1}": norm.format(3),
+                 "shortcut.0": short_conv, "shortcut.1": short_norm}
+        if self.se:
+            rules |= {"branch.6.reduce": "se.fc1", "branch.6.expand": "se.fc2"}
+        return rules
+
     def build_unit(self, s: Shape, width: int, stride: int, drop_path: float) -> nn.Module:
         mid = split_width(width, self.e)
         layers = [make_conv(s.c, mid, 1, ws=self.ws), make_norm(self.norm, mid), nn.ReLU(inplace=True),
-                  make_conv(mid, mid, 3, stride, self.groups(mid), ws=self.ws), make_norm(self.norm, mid),
+                  make_conv(mid, mid, 3, stride, self.groups(mid), ws=self.ws, same=self.same), make_norm(self.norm, mid),
                   nn.ReLU(inplace=True)]
         if self.se:
             layers.append(SqueezeExcite(mid, self.se_width(s.c)))

@@ -66,5 +66,10 @@ class ConvNeXt(Block):
                 + Cost(width if self.ls > 0 else 0, 0, 0))
         return s, cost
 
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        if dialect != "convnext":
+            return None
+        return {"": "", "dwconv": "conv_dw", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
     def build_unit(self, s: Shape, width: int, stride: int, drop_path: float) -> nn.Module:
         return ConvNeXtUnit(width, self.k, self.mlp, self.ls, drop_path)

@@ -51,6 +51,11 @@ class Dense(Block):
             total = total + c
         return s, total
 
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        if dialect != "densenet":
+            return None
+        return {"branch.0": "norm1", "branch.2": "conv1", "branch.3": "norm2", "branch.5": "conv2"}
+
     def build_unit(self, s: Shape, width: int, stride: int, drop_path: float) -> nn.Module:
         layer = DenseLayer(s.c, width, self.bn, 0.0)
         init_conv_(layer)

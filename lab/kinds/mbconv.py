@@ -74,6 +74,20 @@ class MBConv(Block):
         cost = cost + conv_cost(mid, width, 1, h, w) + norm_cost(width)
         return Shape(width, h, w), cost
 
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        if dialect != "efficientnet":
+            return None
+        se = {"reduce": "conv_reduce", "expand": "conv_expand"}
+        if self.e == 1:  # no expansion: timm's DepthwiseSeparableConv
+            names = ["conv_dw", "bn1", None] + (["se"] if self.se else []) + ["conv_pw", "bn2"]
+        else:  # timm's InvertedResidual
+            names = ["conv_pw", "bn1", None, "conv_dw", "bn2", None] + (["se"] if self.se else []) + ["conv_pwl", "bn3"]
+        rules = {f"branch.{i}": name for i, name in enumerate(names) if name}
+        if self.se:
+            i = names.index("se")
+            rules |= {f"branch.{i}.{ours}": f"se.{theirs}" for ours, theirs in se.items()}
+        return rules
+
     def build_unit(self, s: Shape, width: int, stride: int, drop_path: float) -> nn.Module:
         mid = self.mid(s.c)
         unit = MBConvUnit(s.c, width, mid, self.k, stride, self.se_width(s.c, mid), drop_path)

@@ -75,5 +75,8 @@ class NAT(HeadsMixin, TokenBlock):
         return (attention_cost(width, padded, self.k * self.k, self.qkv_bias, proj_tokens=s.h * s.w)
                 + Cost(heads * (2 * self.k - 1) ** 2, 0, 0))
 
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        return None  # timm has no neighbourhood attention
+
     def build_mixer(self, s: Shape, width: int, index: int) -> nn.Module:
         return NeighborhoodAttention(width, self.heads(width), s.h, s.w, self.k, self.d, self.qkv_bias)

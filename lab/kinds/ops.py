@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -14,7 +15,12 @@ from torch import nn
 from lab.errors import SpecError
 from lab.kinds.base import (ANY, NLC, ZERO, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost,
                             out_size, param, register, round_channels)
-from lab.layers import LayerNorm2d, make_act, make_conv
+from lab.layers import LayerNorm2d, MaxPool2dSame, adapt_input_channels, make_act, make_conv
+
+
+def _same(s: Shape, st: int) -> tuple[int, int]:
+    """Output size under TensorFlow 'SAME' padding: ceil(in / stride)."""
+    return -(-s.h // st), -(-s.w // st)
 
 
 def _spatial(s: Shape, k: int, st: int, p: int, what: str) -> tuple[int, int]:
@@ -37,10 +43,13 @@ class Conv(Op):
     g: int = param(1, lo=1, hi=65536, doc="groups")
     bias: bool = param(False, doc="learned bias")
     ws: bool = param(False, doc="weight standardization (BiT)")
+    same: bool = param(False, doc="TensorFlow 'SAME' padding: out = ceil(in / s), odd padding bottom/right")
 
     def check(self) -> None:
         if self.c is not None and self.r is not None:
             raise SpecError("give either c (channels) or r (ratio), not both", "r")
+        if self.same and self.p is not None:
+            raise SpecError("give either p (padding) or same=1, not both", "same")
 
     @property
     def pad(self) -> int:
@@ -64,16 +73,23 @@ class Conv(Op):
         if self.ws and (s.c // self.g) * self.k * self.k == 1:
             raise SpecError("weight standardization of a filter with a single weight leaves zero (a dead "
                             "layer): use a larger kernel, fewer groups, or ws=0", "ws")
-        h, w = _spatial(s, self.k, self.s, self.pad, "conv")
+        h, w = _same(s, self.s) if self.same else _spatial(s, self.k, self.s, self.pad, "conv")
         return Shape(cout, h, w), conv_cost(s.c, cout, self.k, h, w, self.g, self.bias)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return make_conv(s.c, self.out_channels(s, ctx), self.k, self.s, self.g, self.ws, self.bias, self.pad)
+        return make_conv(s.c, self.out_channels(s, ctx), self.k, self.s, self.g, self.ws, self.bias, self.pad,
+                         self.same)
+
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape) -> torch.Tensor | None:
+        """Pretrained filters for other input channels (RGB filters on a grey image: summed)."""
+        if local != "weight" or self.g != 1 or value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
+            return None
+        return adapt_input_channels(value, shape[1])
 
     def widen(self, m: float, channels: Callable[[int], int]) -> "Conv":
         if self.c is None:
             return self
-        return Conv(channels(self.c), self.r, self.k, self.s, self.p, self.g, self.bias, self.ws)
+        return dataclasses.replace(self, c=channels(self.c))
 
 
 class _Norm(Op):
@@ -158,6 +174,7 @@ class MaxPool(Op):
     k: int = param(3, lo=1, hi=64, doc="window")
     s: int = param(2, lo=1, hi=64, doc="stride")
     p: int | None = param(None, lo=0, hi=32, doc="padding (default (k-1)//2)")
+    same: bool = param(False, doc="TensorFlow 'SAME' padding: out = ceil(in / s), odd padding bottom/right")
 
     @property
     def pad(self) -> int:
@@ -166,13 +183,15 @@ class MaxPool(Op):
     def check(self) -> None:
         if self.pad * 2 > self.k:
             raise SpecError(f"padding {self.pad} exceeds half the window {self.k}", "p")
+        if self.same and self.p is not None:
+            raise SpecError("give either p (padding) or same=1, not both", "same")
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
-        h, w = _spatial(s, self.k, self.s, self.pad, "maxpool")
+        h, w = _same(s, self.s) if self.same else _spatial(s, self.k, self.s, self.pad, "maxpool")
         return Shape(s.c, h, w), ZERO
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return nn.MaxPool2d(self.k, self.s, self.pad)
+        return MaxPool2dSame(self.k, self.s) if self.same else nn.MaxPool2d(self.k, self.s, self.pad)
 
 
 @register

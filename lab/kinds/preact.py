@@ -58,6 +58,12 @@ class PreAct(Block):
                 + shortcut_cost(s.c, width, stride, h, w, norm=False))
         return Shape(width, h, w), cost
 
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        if dialect != "resnetv2":
+            return None
+        return {"norm1": "norm1", "shortcut": "downsample.conv", "branch.0": "conv1", "branch.1": "norm2",
+                "branch.3": "conv2", "branch.4": "norm3", "branch.6": "conv3"}
+
     def build_unit(self, s: Shape, width: int, stride: int, drop_path: float) -> nn.Module:
         unit = PreActUnit(s.c, split_width(width, self.e), width, stride, self.norm, self.ws, drop_path)
         init_conv_(unit)

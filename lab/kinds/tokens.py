@@ -20,6 +20,7 @@ from torch import nn
 
 from lab.errors import SpecError
 from lab.kinds.base import NCHW, NLC, ZERO, Context, Cost, Op, Shape, conv_cost, linear_cost, norm_cost, param, register
+from lab.layers import adapt_input_channels, resample_grid
 
 # --- modules ---------------------------------------------------------------------------
 
@@ -152,6 +153,12 @@ class Patch(Op):
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PatchEmbed(s.c, self.out_channels(ctx), self.p)
 
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape) -> torch.Tensor | None:
+        """Pretrained patch filters for other input channels (RGB filters on a grey image: summed)."""
+        if local != "proj.weight" or value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
+            return None
+        return adapt_input_channels(value, shape[1])
+
     def widen(self, m: float, channels: Callable[[int], int]) -> "Patch":
         return self if self.c is None else Patch(self.p, channels(self.c))
 
@@ -164,6 +171,9 @@ class _PrefixOp(Op):
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PrefixToken(s.c, s.t)
+
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        return {"token": ""}  # timm keeps the token itself at the element's place (cls_token)
 
 
 @register
@@ -197,6 +207,15 @@ class Position(Op):
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PositionEmbedding(s.t + s.h * s.w, s.c)
+
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        return {"pos": ""}  # timm: pos_embed
+
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape) -> torch.Tensor | None:
+        """A pretrained embedding of another (square) token grid, resampled to this one."""
+        if local != "pos" or value.dim() != 3 or value.shape[2] != shape[2]:
+            return None
+        return resample_grid(value, s.t, s.h, s.w)
 
 
 @register

@@ -104,6 +104,9 @@ class TokenBlock(Block):
             cost = cost + Cost(2 * width, 0, 0)
         return s, cost
 
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        return {"": "", "mixer": "attn"}  # timm's ViT and Swin blocks: norm1, attn, ls1, norm2, mlp, ls2
+
     def build_unit(self, s: Shape, width: int, stride: int, drop_path: float, index: int = 0) -> nn.Module:
         block = PreNormBlock(width, self.build_mixer(s, width, index), Mlp(width, self.hidden(width), self.act),
                              self.norm_eps, self.ls, drop_path)
@@ -220,6 +223,9 @@ class Mixer(TokenBlock):
     def mixer_cost(self, s: Shape, width: int) -> Cost:
         n, hidden = s.t + s.h * s.w, self.token_hidden(width)
         return linear_cost(n, hidden, width) + linear_cost(hidden, n, width)
+
+    def timm_names(self, dialect: str) -> dict[str, str] | None:
+        return {"": "", "mixer.mlp": "mlp_tokens", "mlp": "mlp_channels"} if dialect == "mixer" else None
 
     def build_mixer(self, s: Shape, width: int, index: int) -> nn.Module:
         return TokenMlp(s.t + s.h * s.w, self.token_hidden(width), self.act)

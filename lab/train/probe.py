@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lab.data.split import few_shot
 from lab.kinds.tokens import DistilledHead
 
 METHODS = ("ridge", "lbfgs")
@@ -146,14 +147,7 @@ def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float,
     return w.detach(), b.detach()
 
 
-def sample_support(y: Tensor, k: int, seed: int) -> Tensor:
-    """Indices of k examples of every class in y, drawn without replacement (seeded), class by class."""
-    gen = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in torch.unique(y):
-        members = torch.nonzero(y == c).flatten()
-        picks.append(members[torch.randperm(len(members), generator=gen)[:k]])
-    return torch.cat(picks)
+sample_support = few_shot  # the k-shot support of a probe: the images a k-shot fine-tune trains on
 
 
 # --- the probe ---------------------------------------------------------------------------

@@ -37,6 +37,8 @@ RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("recipe_json", pa.string(), "every recipe field, as JSON"),
     ("seed", pa.int64(), "seed of initialization, data order and augmentation"),
     ("distill_from", pa.string(), "teacher checkpoint, if distilled"),
+    ("init", pa.string(), "where the weights started: null (random), timm:NAME, or a checkpoint path"),
+    ("shots", pa.int32(), "examples per class of a few-shot run (a transfer probe or fine-tune); null otherwise"),
     ("val_top1", pa.float64(), "top-1 accuracy on the validation split, in [0, 1]"),
     ("val_top5", pa.float64(), "top-5 accuracy on the validation split"),
     ("test_top1", pa.float64(), "top-1 accuracy on the test split"),
@@ -51,6 +53,7 @@ RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("lab_version", pa.string(), "version of the lab that trained it"),
 ]
 RUN_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in RUN_FIELDS])
+LATER_FIELDS = ("init", "shots")  # added after the first tables were written: null in those
 
 
 def append_record(path: str | Path, record: dict) -> None:
@@ -74,6 +77,9 @@ def read_records(path: str | Path) -> pa.Table:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
         raise LabError(f"{path}: not a readable run table ({e})") from None
+    for name in LATER_FIELDS:
+        if name not in table.column_names:
+            table = table.append_column(RUN_SCHEMA.field(name), pa.nulls(table.num_rows, RUN_SCHEMA.field(name).type))
     missing = [n for n in RUN_SCHEMA.names if n not in table.column_names]
     if missing:
         raise LabError(f"{path}: not a run table (missing column {missing[0]!r})")

@@ -32,6 +32,7 @@ class RunResult:
     model: nn.Module | None           # the trained model (EMA weights when the recipe keeps them), eval mode
     checkpoint: Path | None
     history: list[dict] = field(default_factory=list)   # per epoch: loss, val_top1
+    init_note: str | None = None      # what a pretrained start loaded and adapted (init_weights' account)
 
 
 class _Epochs:
@@ -100,7 +101,8 @@ def _quiet_lightning() -> None:
 
 def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, fraction: float = 1.0, seed: int = 0,
-          res: int | None = None, distill_from: str | Path | None = None, device: str = "auto",
+          res: int | None = None, distill_from: str | Path | None = None, init: str | None = None,
+          new_head: bool = False, device: str = "auto",
           out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False,
           on_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Train `arch` (a name with multipliers, grammar text or a Spec) on `dataset` and record the run.
@@ -108,7 +110,9 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
     `dataset` is a dataset string, or a loaded `lab.data.Dataset` (studies load it once per
     worker; its own fraction and seed of the training split then apply). The run's row is appended
     to `out/runs.parquet` and its weights saved in `out/RUN_ID/` (`out=None` keeps nothing on disk).
-    `on_epoch` is called after every epoch with {"epoch", "loss", "val_top1", "seconds"}; runs of
+    `init` starts from pretrained weights instead of a random initialization: `timm:NAME` or a
+    checkpoint file, lab's or timm's (lab.interop.timm.init_weights; `new_head` re-initializes the
+    classifier even when its shape fits). `on_epoch` is called after every epoch with {"epoch", "loss", "val_top1", "seconds"}; runs of
     more than 16 epochs validate every ceil(epochs / 16)-th epoch and the last (val_top1 is None
     on the others). A run
     whose loss stops being finite is recorded with status "diverged" and raises TrainError; bad
@@ -144,6 +148,10 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
 
     L.seed_everything(seed, verbose=False)
     model = build(spec, num_classes=ds.num_classes, in_chans=ds.in_chans, drop_path=rec.drop_path)
+    init_note = None
+    if init is not None:
+        from lab.interop.timm import init_weights
+        init_note = init_weights(model, str(init), new_head=new_head)
     if rec.dropout is not None:
         _set_dropout(model, rec.dropout)
     report = cost(spec, num_classes=ds.num_classes, in_chans=ds.in_chans)
@@ -192,6 +200,7 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
         "epochs": rec.epochs, "epochs_done": len(module.history), "batch_size": batch, "lr": rec.lr,
         "recipe": rec.name, "recipe_json": json.dumps(rec.to_dict(), sort_keys=True), "seed": seed,
         "distill_from": str(distill_from) if distill_from is not None else None,
+        "init": str(init) if init is not None else None, "shots": ds.shots,
         "val_top1": val["top1"], "val_top5": val["top5"], "test_top1": test["top1"], "test_top5": test["top5"],
         "loss": module.last_loss if module.history else None, "val_loss": val["loss"],
         "train_seconds": module.train_seconds,
@@ -215,4 +224,4 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
         failure = TrainError(f"training diverged: {error}{where}")
         failure.record = record   # studies keep the row of a failed trial too
         raise failure
-    return RunResult(record, final, checkpoint, module.history)
+    return RunResult(record, final, checkpoint, module.history, init_note)

@@ -1,0 +1,1 @@
+"""Weights from and to other libraries' layouts (timm: `lab.interop.timm`)."""
