@@ -41,9 +41,11 @@ class StdConv2d(nn.Conv2d):
         self.same = same
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight  # standardized per filter (biased variance, as timm's batch_norm trick)
-        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, correction=0)
-        w = (w - mean) * torch.rsqrt(var + self.eps)
+        # each filter standardized (biased variance) by batch_norm over the filters as channels: the
+        # same arithmetic as timm's, so that pretrained BiT weights give timm's logits to the last
+        # bits through 150 layers (a var_mean formulation drifts by ~1e-4 there)
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
+                         eps=self.eps).reshape_as(self.weight)
         if self.same:
             x = pad_same(x, self.kernel_size[0], self.stride[0])
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -14,7 +14,9 @@ import torch
 import lab
 from lab.catalog import entries
 from lab.interop.timm import (DIALECTS, InteropError, detect_dialect, dialect_of, export_timm, init_weights,
-                              key_map, load_timm, read_state_dict)
+                              key_map, load_timm)
+from lab.train.checkpoint import read_weights
+from lab.errors import TrainError
 
 TIMM_NAMED = [name for name, e in entries().items() if e.timm]
 # the smallest of each timm layout, checked in the fast suite; the rest under -m slow
@@ -178,13 +180,13 @@ def test_pretrained_start_adapts_head_channels_and_grid(tmp_path):
 def test_lab_checkpoints_and_wrapped_state_dicts_are_read(tmp_path):
     model = lab.build(lab.named("resnet18"), num_classes=10)
     torch.save({"state_dict": export_timm(model, "resnet")}, tmp_path / "wrapped.pth")
-    state, meta = read_state_dict(tmp_path / "wrapped.pth")
+    state, meta = read_weights(tmp_path / "wrapped.pth")
     assert meta is None and "fc.weight" in state
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InteropError, match="not readable"):
-        read_state_dict(tmp_path / "junk.pt")
-    with pytest.raises(InteropError, match="does not exist"):
-        read_state_dict(tmp_path / "absent.pt")
+    with pytest.raises(TrainError, match="not readable"):
+        read_weights(tmp_path / "junk.pt")
+    with pytest.raises(TrainError, match="does not exist"):
+        read_weights(tmp_path / "absent.pt")
 
 
 def test_timm_download_offline_is_a_clear_error(monkeypatch):

@@ -17,10 +17,9 @@ import contextlib
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lab.build import Net, Placement
 from lab.errors import LabError
@@ -359,40 +358,6 @@ def pretrained_state_dict(timm_name: str) -> dict[str, Tensor]:
     return model.state_dict()
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
-    """(state_dict, lab metadata or None) of a checkpoint file: a lab checkpoint (model.pt or
-    model.safetensors, or their folder), or a timm/PyTorch one (.pth, .pt, .bin, .safetensors;
-    a 'state_dict', 'model' or 'state_dict_ema' entry is unwrapped)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise InteropError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            import json
-
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                raw_meta = fh.metadata() or {}
-                state = {k: fh.get_tensor(k) for k in fh.keys()}
-            meta = {k: json.loads(v) for k, v in raw_meta.items()} if "text" in raw_meta else None
-            return state, meta
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InteropError(f"checkpoint {path} is not readable ({type(e).__name__}: {str(e)[:200]})") from None
-    if isinstance(blob, dict) and isinstance(blob.get("meta"), dict) and "text" in blob["meta"]:
-        return blob["state_dict"], blob["meta"]
-    for wrapper in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(blob, dict) and isinstance(blob.get(wrapper), dict):
-            blob = blob[wrapper]
-            break
-    if not isinstance(blob, dict) or not all(isinstance(v, Tensor) for v in blob.values()):
-        raise InteropError(f"checkpoint {path} holds no state_dict of tensors")
-    return {k.removeprefix("module."): v for k, v in blob.items()}, None
-
-
 def init_weights(model: Net, source: str, *, dialect: str | None = None, new_head: bool = False) -> str:
     """Start `model` from pretrained weights: `timm:NAME` (timm's download) or a checkpoint file
     (a lab checkpoint, or a timm layout: `dialect`, else detected from its keys). The classifier
@@ -404,7 +369,9 @@ def init_weights(model: Net, source: str, *, dialect: str | None = None, new_hea
         state = pretrained_state_dict(name)
         report = load_timm(model, state, d, adapt=True, new_head=new_head, what=f"timm's {name}")
         return f"timm {name}: {report.summary()}"
-    state, meta = read_state_dict(source)
+    from lab.train.checkpoint import read_weights
+
+    state, meta = read_weights(source)
     if meta is not None:
         return f"{source}: " + load_lab(model, state, new_head=new_head, what=f"checkpoint {source}").summary()
     d = dialect or detect_dialect(model, state)
