@@ -14,7 +14,6 @@ by element kind. Inside an element, the kind itself says how timm names its weig
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -200,8 +199,8 @@ class LoadReport:
     tensors adapted to this model (other input channels, another token grid), with why."""
 
     loaded: int = 0
-    reinitialized: list[str] = dataclasses.field(default_factory=list)
-    adapted: list[str] = dataclasses.field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.loaded} tensors loaded"]
@@ -212,13 +211,19 @@ class LoadReport:
         return ", ".join(parts)
 
 
+def _without_trailing_ones(shape: torch.Size) -> tuple[int, ...]:
+    dims = list(shape)
+    while dims and dims[-1] == 1:
+        dims.pop()
+    return tuple(dims)
+
+
 def _fits(value: Tensor, target: Tensor) -> Tensor | None:
     """`value` as `target`'s shape when it differs only by trailing singleton dims (a 1x1-conv
     classifier and a linear one), else None."""
     if value.shape == target.shape:
         return value
-    squeeze = lambda s: tuple(s[:len(s) - next((i for i, n in enumerate(reversed(s)) if n != 1), len(s))])
-    if squeeze(value.shape) == squeeze(target.shape) and value.numel() == target.numel():
+    if _without_trailing_ones(value.shape) == _without_trailing_ones(target.shape):
         return value.reshape(target.shape)
     return None
 
