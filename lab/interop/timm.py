@@ -228,6 +228,16 @@ def _fits(value: Tensor, target: Tensor) -> Tensor | None:
     return None
 
 
+def _misfit(headline: str, missing: list[str], extra: list[str], wrong: list[str]) -> InteropError:
+    """One line: the headline, then the first SHOWN keys of each sort of mismatch and how many more."""
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape (checkpoint vs model)", wrong)):
+        if items:
+            more = f", ... {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:SHOWN])}{more}")
+    return InteropError(f"{headline}: " + "; ".join(parts))
+
+
 def load_timm(model: Net, state: Mapping[str, Tensor], dialect: str, *, adapt: bool = False,
               new_head: bool = False, what: str = "checkpoint") -> LoadReport:
     """Copy a timm-layout `state` into `model` in place. Strict: every key of either side must be
@@ -256,12 +266,11 @@ def load_timm(model: Net, state: Mapping[str, Tensor], dialect: str, *, adapt: b
             if p.element.classifier:
                 report.reinitialized.append(f"{theirs} {tuple(value.shape)} -> {tuple(target.shape)}")
                 continue
-            if p.element.kind == "pos" or p is first:
-                fitted = p.element.adapt_weight(local, value, target.shape, p.shape)
-                if fitted is not None and fitted.shape == target.shape:
-                    report.adapted.append(f"{theirs} {tuple(value.shape)} -> {tuple(target.shape)}")
-                else:
-                    fitted = None
+            fitted = p.element.adapt_weight(local, value, target.shape, p.shape, receives_image=p is first)
+            if fitted is not None and fitted.shape == target.shape:
+                report.adapted.append(f"{theirs} {tuple(value.shape)} -> {tuple(target.shape)}")
+            else:
+                fitted = None
         if fitted is None:
             wrong.append(f"{theirs} {tuple(value.shape)} vs {tuple(target.shape)}")
             continue
@@ -269,12 +278,7 @@ def load_timm(model: Net, state: Mapping[str, Tensor], dialect: str, *, adapt: b
     mapped = {theirs for theirs, _, _ in mapping.values()}
     extra = [k for k in state if k not in mapped]  # in the checkpoint's order
     if missing or extra or wrong:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape (checkpoint vs model)", wrong)):
-            if items:
-                more = f", ... {len(items) - SHOWN} more" if len(items) > SHOWN else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:SHOWN])}{more}")
-        raise InteropError(f"{what} does not fit this model in timm's {dialect} layout: " + "; ".join(parts))
+        raise _misfit(f"{what} does not fit this model in timm's {dialect} layout", missing, extra, wrong)
     with torch.no_grad():
         for key, value in new.items():
             own[key].copy_(value)
@@ -396,9 +400,7 @@ def load_lab(model: Net, state: Mapping[str, Tensor], *, new_head: bool = False,
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and state[k].shape != v.shape and k not in classifier]
     if missing or extra or wrong:
-        parts = [f"{len(items)} {label}: {', '.join(items[:SHOWN])}" + (f", ... {len(items) - SHOWN} more" if len(items) > SHOWN else "")
-                 for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape (checkpoint vs model)", wrong)) if items]
-        raise InteropError(f"{what} does not fit this model: " + "; ".join(parts))
+        raise _misfit(f"{what} does not fit this model", missing, extra, wrong)
     report = LoadReport()
     with torch.no_grad():
         for k, v in own.items():

@@ -206,10 +206,11 @@ class Kind:
         default keeps every name: the element's modules are named as timm names them."""
         return {"": ""}
 
-    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape) -> torch.Tensor | None:
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
+                     receives_image: bool = False) -> torch.Tensor | None:
         """`value`, a pretrained tensor for this element's `local` key, made to fit the model's
-        `shape` where the element knows how (another token grid, other input channels), given the
-        element's input shape `s`; None where it does not."""
+        `shape` where the element knows how (another token grid; other input channels, for the
+        element that `receives_image`), given its input shape `s`; None where it does not."""
         return None
 
     @classmethod

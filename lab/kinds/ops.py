@@ -80,9 +80,10 @@ class Conv(Op):
         return make_conv(s.c, self.out_channels(s, ctx), self.k, self.s, self.g, self.ws, self.bias, self.pad,
                          self.same)
 
-    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape) -> torch.Tensor | None:
-        """Pretrained filters for other input channels (RGB filters on a grey image: summed)."""
-        if local != "weight" or self.g != 1 or value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
+                     receives_image: bool = False) -> torch.Tensor | None:
+        """Pretrained filters of the input layer for other image channels (RGB on grey: summed)."""
+        if not receives_image or local != "weight" or self.g != 1 or value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
             return None
         return adapt_input_channels(value, shape[1])
 

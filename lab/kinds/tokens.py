@@ -153,9 +153,10 @@ class Patch(Op):
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PatchEmbed(s.c, self.out_channels(ctx), self.p)
 
-    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape) -> torch.Tensor | None:
-        """Pretrained patch filters for other input channels (RGB filters on a grey image: summed)."""
-        if local != "proj.weight" or value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
+                     receives_image: bool = False) -> torch.Tensor | None:
+        """Pretrained patch filters of the input layer for other image channels (RGB on grey: summed)."""
+        if not receives_image or local != "proj.weight" or value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
             return None
         return adapt_input_channels(value, shape[1])
 
@@ -211,7 +212,8 @@ class Position(Op):
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         return {"pos": ""}  # timm: pos_embed
 
-    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape) -> torch.Tensor | None:
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
+                     receives_image: bool = False) -> torch.Tensor | None:
         """A pretrained embedding of another (square) token grid, resampled to this one."""
         if local != "pos" or value.dim() != 3 or value.shape[2] != shape[2]:
             return None

@@ -94,9 +94,9 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
     inits: list[str | None] = [source] + ([None] if baseline else [])
     records: list[dict] = []
 
-    def keep(record: dict) -> None:
+    def keep(record: dict, written: bool = False) -> None:
         records.append(record)
-        if out is not None:
+        if out is not None and not written:  # train() appends its own rows
             append_record(Path(out) / RUNS_TABLE, record)
         if on_record is not None:
             on_record(record)
@@ -137,14 +137,9 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
                     try:
                         run = train(spec, support, recipe=rec, epochs=epochs, seed=seed, init=init, new_head=True,
                                     device=device, out=out, progress=progress)
-                        records.append(run.record)
-                        if on_record is not None:
-                            on_record(run.record)
+                        keep(run.record, written=True)
                     except TrainError as e:  # a diverged run is recorded by train(); go on with the rest
-                        record = getattr(e, "record", None)
-                        if record is None:
+                        if getattr(e, "record", None) is None:
                             raise
-                        records.append(record)
-                        if on_record is not None:
-                            on_record(record)
+                        keep(e.record, written=True)
     return TransferResult(records)
