@@ -41,7 +41,8 @@ def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, 
     model = model.to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    x = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=fmt)
+    x = torch.randn(batch, *spec.input_shape(3), device=device)
+    x = x.contiguous(memory_format=fmt) if x.dim() == 4 else x
     y = torch.randint(0, 1000, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -35,6 +35,7 @@ class Entry:
     reference: str | None = None  # else the implementation its counts come from
     published_params_m: float | None = None
     published_gmacs: float | None = None
+    classes: int = 1000  # the classes of its published head (ImageNet's 1000; Kinetics-400's 400)
 
 
 @functools.cache
@@ -57,7 +58,7 @@ def entries() -> dict[str, Entry]:
         if not (e.get("timm") or e.get("reference")):
             raise LabError(f"{path}: {name}: give the timm model it reproduces, or a reference")
         out[name] = Entry(name, e["family"], text, e.get("timm"), e.get("reference"), pub.get("params_m"),
-                          pub.get("gmacs"))
+                          pub.get("gmacs"), e.get("classes", 1000))
     return out
 
 
@@ -76,12 +77,13 @@ def named(name: str) -> Spec:
     return parse(e.text)
 
 
-_MOD = re.compile(r"^(?:(\d+)px|([wd])=([0-9]*\.?[0-9]+)|p=(\d+))$")
+_MOD = re.compile(r"^(?:(?:(\d+)x)?(\d+)px|([wd])=([0-9]*\.?[0-9]+)|p=(\d+))$")
 
 
 def resolve(ref: str) -> Spec:
     """A Spec from grammar text (``@224 | ...``) or a name with optional multipliers
-    (``swin_t``, ``resnet50@32px``, ``resnet50@32px,w=0.25,d=0.5``, ``vit_s16@32px,p=4``)."""
+    (``swin_t``, ``resnet50@32px``, ``resnet50@32px,w=0.25,d=0.5``, ``vit_s16@32px,p=4``;
+    ``video_swin_t@8x32px``: clips of 8 frames at 32 px)."""
     ref = ref.strip()
     if ref.startswith("@"):
         return parse(ref)
@@ -89,25 +91,25 @@ def resolve(ref: str) -> Spec:
     spec = named(name.strip())
     if not mods:
         return spec
-    res, w, d, p = None, 1.0, 1.0, None
+    res, frames, w, d, p = None, None, 1.0, 1.0, None
     seen: set[str] = set()
     for mod in mods.split(","):
         m = _MOD.match(mod.strip())
         if not m:
-            raise SpecError(f"bad multiplier {mod.strip()!r} in {ref!r} (expected NNpx, w=F, d=F or p=N)")
-        which = "px" if m.group(1) else "p" if m.group(4) else m.group(2)
+            raise SpecError(f"bad multiplier {mod.strip()!r} in {ref!r} (expected NNpx, FFxNNpx, w=F, d=F or p=N)")
+        which = "px" if m.group(2) else "p" if m.group(5) else m.group(3)
         if which in seen:
             raise SpecError(f"multiplier {which!r} given twice in {ref!r}")
         seen.add(which)
-        if m.group(1):
-            res = int(m.group(1))
-        elif m.group(4):
-            p = int(m.group(4))
-        elif m.group(2) == "w":
-            w = float(m.group(3))
+        if m.group(2):
+            res, frames = int(m.group(2)), (int(m.group(1)) if m.group(1) else None)
+        elif m.group(5):
+            p = int(m.group(5))
+        elif m.group(3) == "w":
+            w = float(m.group(4))
         else:
-            d = float(m.group(3))
-    return scale(spec, width=w, depth=d, res=res, patch=p)
+            d = float(m.group(4))
+    return scale(spec, width=w, depth=d, res=res, patch=p, frames=frames)
 
 
 def family_of(spec: Spec) -> str:

@@ -26,11 +26,12 @@ class Row:
     channels: int
     h: int
     w: int
-    tokens: bool  # the output is tokens (B, prefix + H*W, C) rather than a map (B, C, H, W)
+    tokens: bool  # the output is tokens (B, prefix + F*H*W, C) rather than a map (B*F, C, H, W)
     prefix: int  # class/distillation tokens in front of the grid
     params: int
     macs: int
     acts: int
+    frames: int = 1  # frames of the output grid (1 for images)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,6 @@ def cost(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Report:
         else:
             st = spec.stages[group[-1].stage]
             label, depth = format_kind(st.block), st.depth
-        rows.append(Row(name, label, depth, out.c, out.h, out.w, tokens, out.t, c.params, c.macs, c.acts))
+        rows.append(Row(name, label, depth, out.c, out.h, out.w, tokens, out.t, c.params, c.macs, c.acts, out.f))
     total = totals(spec, num_classes, in_chans)
     return Report(total.params, total.macs, total.acts, tuple(rows))

@@ -1,4 +1,4 @@
-"""Small torch primitives shared by the block kinds (timm supplies DropPath)."""
+"""Small torch primitives shared by the block kinds."""
 
 from __future__ import annotations
 
@@ -6,11 +6,32 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import nn
 
-__all__ = ["DropPath", "Conv2dSame", "MaxPool2dSame", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "adapt_input_channels", "make_conv", "make_norm",
+__all__ = ["DropPath", "FramesConv3d", "make_conv3d", "Conv2dSame", "MaxPool2dSame", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "adapt_input_channels", "make_conv", "make_norm",
            "make_act", "resample_grid"]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a random `p` of the samples and
+    scale the rest by 1/(1-p). The `frames` consecutive batch entries of one clip (frames folded
+    into the batch) are kept or dropped together."""
+
+    def __init__(self, p: float = 0.0, frames: int = 1):
+        super().__init__()
+        self.p, self.frames = p, frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = 1 - self.p
+        mask = x.new_empty((x.shape[0] // self.frames,) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        if self.frames > 1:
+            mask = mask.repeat_interleave(self.frames, 0)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" + (f", frames={self.frames}" if self.frames > 1 else "")
 
 
 def pad_same(x: torch.Tensor, k: int, s: int, value: float = 0.0) -> torch.Tensor:
@@ -116,6 +137,31 @@ def make_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, ws:
     return cls(cin, cout, k, stride=stride, padding=p, groups=groups, bias=bias)
 
 
+class FramesConv3d(nn.Conv3d):
+    """A kt x k x k conv over a clip whose `frames` travel folded into the batch:
+    (B*F, C, H, W) in, (B*F', C', H', W') out."""
+
+    def __init__(self, *args, frames: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frames = frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bf, c, h, w = x.shape
+        x = x.view(bf // self.frames, self.frames, c, h, w).transpose(1, 2)
+        x = super().forward(x)
+        b, c, f, h, w = x.shape
+        return x.transpose(1, 2).reshape(b * f, c, h, w)
+
+
+def make_conv3d(cin: int, cout: int, k: int, kt: int, frames: int, stride: int = 1, st: int = 1, groups: int = 1,
+                bias: bool = False, padding: int | None = None, tpad: int | None = None) -> FramesConv3d:
+    """A kt x k x k conv on a clip of `frames` frames: padding (k-1)//2 and (kt-1)//2 by default."""
+    p = (k - 1) // 2 if padding is None else padding
+    pt = (kt - 1) // 2 if tpad is None else tpad
+    return FramesConv3d(cin, cout, (kt, k, k), stride=(st, stride, stride), padding=(pt, p, p), groups=groups,
+                        bias=bias, frames=frames)
+
+
 def make_norm(kind: str, c: int, groups: int = 32) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(c)
@@ -137,7 +183,7 @@ def make_act(kind: str, inplace: bool = True) -> nn.Module:
 def init_conv_(m: nn.Module) -> None:
     """He (fan-out) init for convs, unit/zero for norms, small normal for linears (torchvision's rule)."""
     for mod in m.modules():
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, (nn.Conv2d, nn.Conv3d)):
             nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
             if mod.bias is not None:
                 nn.init.zeros_(mod.bias)

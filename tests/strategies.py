@@ -3,8 +3,9 @@
 `spec_texts()` draws raw grammar text: a random stem, one to four stage groups of random block
 kinds, depths, widths, strides and transitions, and a random head. A draw is a conv network, a
 token network (a patchify stem, maybe class/distillation tokens and position embeddings, then
-attention / window / neighbourhood / token-MLP stages) or a hybrid (conv stages, then token ones). The text is deliberately not
-canonical (parameters shuffled, defaults sometimes spelled out, spacing varied, runs of the
+attention / window / neighbourhood / token-MLP stages) or a hybrid (conv stages, then token ones).
+A fifth of the draws are video models (clips of 2-4 frames: 3D conv stems, inflated basic blocks,
+tubelets and 3D windows beside per-frame elements). The text is deliberately not canonical (parameters shuffled, defaults sometimes spelled out, spacing varied, runs of the
 same block split into separate groups) so that parsing and formatting have work to do.
 `specs()` parses it and rejects the draws that are not valid points (SpecError): the strategy
 aims at valid points, and the grammar is the judge. Resolutions (16..64) and widths (8..96)
@@ -49,13 +50,15 @@ def _maybe(draw, strategy, p_none: int = 1):
 
 
 @st.composite
-def _stem(draw) -> str:
+def _stem(draw, video: bool = False) -> str:
     k = draw(st.sampled_from([1, 2, 3, 4, 5, 7]))
     s = draw(st.sampled_from(sorted({1, 2, k if k <= 4 else 2})))
     p = _maybe(draw, st.integers(0, k // 2), 2)
+    temporal = {"kt": draw(st.sampled_from([1, 2, 3])), "st": draw(st.sampled_from([1, 1, 2]))} if video else {}
+    planar = not temporal or temporal == {"kt": 1, "st": 1}  # ws and same=1 are for 2D convs
     conv = draw(_call("conv", {"c": draw(st.sampled_from(WIDTHS)), "k": k, "s": s, "p": p,
-                               "bias": draw(st.booleans()), "ws": k > 1 and draw(st.booleans()),
-                               "same": p is None and draw(st.booleans())}, {"g": 1}))
+                               "bias": draw(st.booleans()), "ws": planar and k > 1 and draw(st.booleans()),
+                               "same": planar and p is None and draw(st.booleans()), **temporal}, {"g": 1}))
     ops = [op for op in (draw(st.sampled_from([None, None, None, "bn", "relu", "pad", "ln"])), conv) if op]
     norm = draw(st.sampled_from([None, "bn", "ln", "gn"]))
     if norm == "gn":
@@ -67,9 +70,9 @@ def _stem(draw) -> str:
 
 
 @st.composite
-def _block(draw, kind: str) -> str:
+def _block(draw, kind: str, video: bool = False) -> str:
     if kind == "basic":
-        return "basic"
+        return draw(_call("basic", {"kt": draw(st.sampled_from([1, 3]))} if video else {}, {"kt": 1}))
     if kind == "bottleneck":
         params = {"e": draw(st.sampled_from([1, 2, 4, 2.0, 0.5])), "se": draw(st.sampled_from([None, 0.25, 0.5])),
                   "norm": draw(st.sampled_from([None, None, "gn"])), "ws": draw(st.sampled_from([None, True])),
@@ -115,9 +118,9 @@ def _stage(draw, kind: str, first: bool, prev_width: int | None) -> tuple[str, i
 
 
 @st.composite
-def _group(draw) -> str:
+def _group(draw, video: bool = False) -> str:
     kind = draw(st.sampled_from(["basic", "bottleneck", "preact", "dense", "convnext", "mbconv"]))
-    block = draw(_block(kind))
+    block = draw(_block(kind, video))
     stages, width = [], None
     for i in range(draw(st.integers(1, 2))):
         text, width = draw(_stage(kind, i == 0, width))
@@ -138,7 +141,7 @@ TOKEN_KINDS = ("mhsa", "swin", "nat", "mixer")
 
 
 @st.composite
-def _token_block(draw, kind: str) -> str:
+def _token_block(draw, kind: str, video: bool = False) -> str:
     common = {"mlp": draw(st.sampled_from([None, 1, 2.5])), "ls": draw(st.sampled_from([None, 0.1])),
               "act": draw(st.sampled_from([None, None, "relu", "silu"]))}
     if kind == "mixer":
@@ -149,6 +152,8 @@ def _token_block(draw, kind: str) -> str:
         params["qkv_bias"] = draw(st.sampled_from([None, False]))
     elif kind == "swin":
         params.update(w=draw(st.sampled_from([None, 2, 3, 4])), shift=draw(st.sampled_from([None, False])))
+        if video:
+            params["wt"] = draw(st.sampled_from([None, 1, 2, 3]))
     else:
         params.update(k=draw(st.sampled_from([None, 1, 3, 5])), d=draw(st.sampled_from([None, 1, 2])))
     return draw(_call(kind, params, {"mlp": 4.0, "qkv_bias": True}))
@@ -158,7 +163,8 @@ TOKEN_ENTRIES = ("/patch(p=1)", "/conv(k=1)", "/(conv(k=3,s=2),ln)", "/merge", "
 
 
 @st.composite
-def _token_group(draw, first_entry: bool, kinds: tuple[str, ...] = TOKEN_KINDS, width: int | None = None) -> str:
+def _token_group(draw, first_entry: bool, kinds: tuple[str, ...] = TOKEN_KINDS, width: int | None = None,
+                 video: bool = False) -> str:
     """Token stages: the first enters through a width-setting transition (unless it directly
     follows a patchify stem: `first_entry` False), later ones keep the width or merge."""
     kind = draw(st.sampled_from(kinds))
@@ -167,37 +173,45 @@ def _token_group(draw, first_entry: bool, kinds: tuple[str, ...] = TOKEN_KINDS, 
     if draw(st.booleans()):
         trans = draw(st.sampled_from(["", "/merge", "/(conv(k=3,s=2),ln)"] if kinds == TOKEN_KINDS else [""]))
         stages.append(f"{draw(st.integers(1, 2))}x{width * (2 if trans else 1)}{trans}")
-    return f"{draw(_token_block(kind))} {', '.join(stages)}"
+    return f"{draw(_token_block(kind, video))} {', '.join(stages)}"
 
 
 @st.composite
-def _token_net(draw) -> list[str]:
-    """Stem, groups and head of a patchify network (ViT/DeiT, Mixer, Swin, NAT-like)."""
+def _token_net(draw, frames: int = 1) -> list[str]:
+    """Stem, groups and head of a patchify network (ViT/DeiT, Mixer, Swin, NAT-like; on clips of
+    `frames` > 1, tubelets of one or two frames)."""
     p = draw(st.sampled_from([1, 2, 4]))
     res = draw(st.integers(2, 8)) * p * draw(st.sampled_from([1, 2]))
+    pt = draw(st.sampled_from([1, 2] if frames % 2 == 0 else [1]))
     prefix = draw(st.sampled_from(["", "", ",cls", ",cls,dist"]))
     width = draw(st.sampled_from([8, 16, 32]))
-    group = draw(_token_group(False, TOKEN_KINDS if not prefix else ("mhsa", "mixer"), width))
-    stem = f"patch(p={p},c={width}){prefix}{draw(st.sampled_from(['', ',pos', ',pos(n=%d)' % (len(prefix.split(',')) - 1 + (res // p) ** 2)]))}"
+    group = draw(_token_group(False, TOKEN_KINDS if not prefix else ("mhsa", "mixer"), width, video=frames > 1))
+    tokens = len(prefix.split(",")) - 1 + frames // pt * (res // p) ** 2
+    patch = draw(_call("patch", {"p": p, "c": width, "pt": pt if frames > 1 else None}, {"pt": 1}))
+    stem = f"{patch}{prefix}{draw(st.sampled_from(['', ',pos', ',pos(n=%d)' % tokens]))}"
     stem += draw(st.sampled_from(["", ",ln"]))
     heads = {"": ["ln,gap,fc", "gap,fc(bias=0)"], ",cls": ["ln,token,fc", "ln,gap,fc"], ",cls,dist": ["ln,distill"]}
-    return [f"@{res}", stem, group, draw(st.sampled_from(heads[prefix]))]
+    return [f"@{frames}x{res}" if frames > 1 else f"@{res}", stem, group, draw(st.sampled_from(heads[prefix]))]
 
 
 @st.composite
 def spec_texts(draw) -> str:
     """Raw (non-canonical) grammar text of a small point; it may be invalid."""
     sep = draw(st.sampled_from([" | ", "|", "  |  "]))
-    family = draw(st.sampled_from(["conv", "conv", "tokens", "hybrid"]))
+    family = draw(st.sampled_from(["conv", "conv", "tokens", "hybrid", "video"]))
+    frames = draw(st.sampled_from([2, 3, 4])) if family == "video" else 1
+    if family == "video":
+        family = draw(st.sampled_from(["conv", "tokens", "hybrid"]))
     if family == "tokens":
-        return sep.join(draw(_token_net()))
-    res = draw(st.integers(16, 64))
-    groups = draw(st.lists(_group(), min_size=1, max_size=3 if family == "hybrid" else 4))
+        return sep.join(draw(_token_net(frames)))
+    res = draw(st.integers(16, 48 if frames > 1 else 64))
+    groups = draw(st.lists(_group(frames > 1), min_size=1, max_size=3 if family == "hybrid" else 4))
     head = draw(_head())
     if family == "hybrid":
-        groups.append(draw(_token_group(True)))
+        groups.append(draw(_token_group(True, video=frames > 1)))
         head = draw(st.sampled_from(["ln,gap,fc", "gap,fc", head]))
-    return sep.join([f"@{res}", draw(_stem()), *groups, head])
+    start = f"@{frames}x{res}" if frames > 1 else f"@{res}"
+    return sep.join([start, draw(_stem(frames > 1)), *groups, head])
 
 
 @st.composite
@@ -241,4 +255,5 @@ def verbose_texts(draw, spec: lab.Spec) -> str:
             trans = f"/({ops(st_.down)})" if len(st_.down) > 1 or draw(st.booleans()) else f"/{element(st_.down[0])}"
         groups.append(f"{element(st_.block)} {st_.depth}x{st_.width}{blank()}{trans}")
     sep = f"{blank()}|{blank()}"
-    return sep.join([f"@{blank()}{spec.res}", ops(spec.stem), *groups, ops(spec.head)])
+    start = f"@{blank()}{spec.frames}x{spec.res}" if spec.frames > 1 else f"@{blank()}{spec.res}"
+    return sep.join([start, ops(spec.stem), *groups, ops(spec.head)])

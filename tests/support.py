@@ -40,6 +40,19 @@ def reference_rows() -> dict[str, dict[str, str]] | None:
         return {row["name"]: row for row in csv.DictReader(f)}
 
 
+_datasets: dict[tuple, object] = {}
+
+
+def load(name: str, **kw):
+    """lab.data.load_dataset, memoized across tests (datasets are read-only)."""
+    from lab.data import load_dataset
+
+    key = (name, tuple(sorted(kw.items())))
+    if key not in _datasets:
+        _datasets[key] = load_dataset(name, **kw)
+    return _datasets[key]
+
+
 def meta_model(spec: lab.Spec, num_classes: int = 1000, in_chans: int = 3) -> torch.nn.Module:
     """`spec` built on the meta device (no memory, no compute), in eval mode."""
     with torch.device("meta"):
@@ -50,7 +63,7 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def measured_cost(model: torch.nn.Module, in_chans: int, res: int) -> tuple[float, int]:
+def measured_cost(model: torch.nn.Module, in_chans: int, res: int, frames: int = 1) -> tuple[float, int]:
     """Per-image multiply-accumulates as torch counts them (FLOPs / 2) and activations (elements
     written by conv and linear layers), from one forward pass of a batch of two on meta tensors.
 
@@ -65,13 +78,13 @@ def measured_cost(model: torch.nn.Module, in_chans: int, res: int) -> tuple[floa
 
     batch, written, na_macs = 2, [], []
     hooks = [m.register_forward_hook(lambda m, i, out: written.append(out.numel()))
-             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))]
     hooks += [m.register_forward_hook(lambda m, i, out: na_macs.append(2 * m.hp * m.wp * m.kernel ** 2 * out.shape[-1]))
               for m in model.modules() if isinstance(m, NeighborhoodAttention)]
     dense_factor, na.DENSE_FACTOR = na.DENSE_FACTOR, 0
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.empty(batch, in_chans, res, res, device="meta"))
+            model(torch.empty(batch, in_chans, *((frames,) if frames > 1 else ()), res, res, device="meta"))
     finally:
         na.DENSE_FACTOR = dense_factor
         for h in hooks:

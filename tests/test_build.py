@@ -17,7 +17,7 @@ def train_step(spec: lab.Spec, num_classes: int = 10, in_chans: int = 3, drop_pa
                batch: int = 2) -> torch.nn.Module:
     """Build, run one forward and backward pass in train mode, check shapes and gradients."""
     model = lab.build(spec, num_classes=num_classes, in_chans=in_chans, drop_path=drop_path).train()
-    x = torch.randn(batch, in_chans, spec.res, spec.res)
+    x = torch.randn(batch, *spec.input_shape(in_chans))
     x0 = x.clone()
     out = model(x)
     assert torch.equal(x, x0), "the forward pass overwrote its input"

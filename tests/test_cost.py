@@ -16,14 +16,16 @@ from support import at_res, measured_cost, meta_model, n_params
 CONFIGS = pytest.mark.parametrize("num_classes, in_chans", [(1000, 3), (10, 1)], ids=["imagenet", "10cls-gray"])
 
 
-def output_shapes(parts: list[torch.nn.Module], model: torch.nn.Module, in_chans: int, res: int) -> list[tuple]:
-    """Per-image output shape of each part during one meta forward pass of `model`."""
+def output_shapes(parts: list[torch.nn.Module], model: torch.nn.Module, spec: lab.Spec, in_chans: int) -> list[tuple]:
+    """Per-input output shape of each part during one meta forward pass of `model`, with the
+    frames a clip's map carries in its batch dimension in front: (frames, C, H, W)."""
     shapes = {}
-    hooks = [p.register_forward_hook(lambda m, i, out, k=k: shapes.__setitem__(k, tuple(out.shape[1:])))
+    hooks = [p.register_forward_hook(lambda m, i, out, k=k: shapes.__setitem__(
+        k, tuple(out.shape[1:]) if out.dim() == 3 or out.shape[0] == 2 else (out.shape[0] // 2, *out.shape[1:])))
              for k, p in enumerate(parts)]
     try:
         with torch.no_grad():
-            model(torch.empty(2, in_chans, res, res, device="meta"))
+            model(torch.empty(2, *spec.input_shape(in_chans), device="meta"))
     finally:
         for h in hooks:
             h.remove()
@@ -33,7 +35,7 @@ def output_shapes(parts: list[torch.nn.Module], model: torch.nn.Module, in_chans
 def assert_cost_matches_build(spec: lab.Spec, num_classes: int, in_chans: int) -> None:
     report = lab.cost(spec, num_classes=num_classes, in_chans=in_chans)
     model = meta_model(spec, num_classes, in_chans)
-    macs, acts = measured_cost(model, in_chans, spec.res)
+    macs, acts = measured_cost(model, in_chans, spec.res, spec.frames)
     assert report.params == n_params(model)
     assert report.macs == pytest.approx(macs, rel=0.005)
     assert report.acts == acts
@@ -43,8 +45,10 @@ def assert_cost_matches_build(spec: lab.Spec, num_classes: int, in_chans: int) -
     parts = [model.stem, *model.stages, model.head]
     assert [r.name for r in report.rows] == ["stem", *[f"stage {i + 1}" for i in range(len(spec.stages))], "head"]
     assert [r.params for r in report.rows] == [n_params(p) for p in parts]
-    shapes = output_shapes(parts, model, in_chans, spec.res)
-    expected = [(r.prefix + r.h * r.w, r.channels) if r.tokens else (r.channels, r.h, r.w) for r in report.rows[:-1]]
+    shapes = output_shapes(parts, model, spec, in_chans)
+    expected = [(r.prefix + r.frames * r.h * r.w, r.channels) if r.tokens
+                else (r.channels, r.h, r.w) if r.frames == 1 else (r.frames, r.channels, r.h, r.w)
+                for r in report.rows[:-1]]
     assert expected == shapes[:-1]
     assert (report.rows[-1].channels,) == shapes[-1] and report.rows[-1].h == report.rows[-1].w == 1
 

@@ -20,20 +20,12 @@ from hypothesis import strategies as st
 from lab.data import DATASETS, Augment, Dataset, Split, load_dataset
 from lab.data.split import nested_fraction, order, stratified_split
 from lab.errors import DataError, LabError
+from support import load
 
 PIL = pytest.importorskip("PIL.Image")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-_cache: dict[tuple, Dataset] = {}
-
-
-def load(name: str, **kw) -> Dataset:
-    """load_dataset, memoized across tests (datasets are read-only)."""
-    key = (name, tuple(sorted(kw.items())))
-    if key not in _cache:
-        _cache[key] = load_dataset(name, **kw)
-    return _cache[key]
 
 
 def all_indices(ds: Dataset) -> list[torch.Tensor]:

@@ -4,6 +4,7 @@ and the token ops (class/distillation tokens, DeiT's two heads)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -17,58 +18,64 @@ torch.set_default_dtype(torch.float32)
 
 
 def naive_window_attention(m, x: torch.Tensor) -> torch.Tensor:
-    """Full attention over the zero-padded map, every pair of tokens masked by the definition:
-    two tokens attend iff, after rolling the padded map by (-sh, -sw), they fall in the same
-    window and neither axis separates a token the roll wrapped around from one it did not.
-    The bias is looked up from their offset inside the window. Output at the original positions."""
+    """Full attention over the zero-padded f x h x w grid, every pair of tokens masked by the
+    definition: two tokens attend iff, after rolling the padded grid by -shift, they fall in the
+    same window and no axis separates a token the roll wrapped around from one it did not. The
+    bias is looked up from their offset inside the window (frames most significant). Output at
+    the original positions."""
     b, n, c = x.shape
     heads, hd = m.heads, c // m.heads
-    grid = torch.zeros(b, m.hp, m.wp, c, dtype=x.dtype)
-    grid[:, :m.h, :m.w] = x.view(b, m.h, m.w, c)
-    tokens = grid.view(b, m.hp * m.wp, c)
-    q, k, v = m.qkv(tokens).view(b, -1, 3, heads, hd).permute(2, 0, 3, 1, 4)
-    n_pad = m.hp * m.wp
+    grid, padded, window, shift = m.grid, m.padded, m.window, m.shift
+    full = torch.zeros(b, *padded, c, dtype=x.dtype)
+    full[:, :grid[0], :grid[1], :grid[2]] = x.view(b, *grid, c)
+    n_pad = math.prod(padded)
+    q, k, v = m.qkv(full.view(b, n_pad, c)).view(b, -1, 3, heads, hd).permute(2, 0, 3, 1, 4)
     scores = (q * hd ** -0.5) @ k.transpose(-1, -2)
     allowed = torch.zeros(n_pad, n_pad, dtype=torch.bool)
     bias = torch.zeros(heads, n_pad, n_pad)
     table = m.relative_position_bias_table
-    pos = [(i, j) for i in range(m.hp) for j in range(m.wp)]
-    for a, (ia, ja) in enumerate(pos):
-        ya, xa = (ia - m.sh) % m.hp, (ja - m.sw) % m.wp  # rolled coordinates
-        for bb, (ib, jb) in enumerate(pos):
-            yb, xb = (ib - m.sh) % m.hp, (jb - m.sw) % m.wp
-            same_window = (ya // m.wh, xa // m.ww) == (yb // m.wh, xb // m.ww)
-            same_side = (ia < m.sh) == (ib < m.sh) and (ja < m.sw) == (jb < m.sw)
+    pos = list(itertools.product(*(range(p) for p in padded)))
+    rolled = [tuple((i - s) % p for i, s, p in zip(ps, shift, padded)) for ps in pos]
+    for a, (pa, ra) in enumerate(zip(pos, rolled)):
+        for bb, (pb, rb) in enumerate(zip(pos, rolled)):
+            same_window = all(i // M == j // M for i, j, M in zip(ra, rb, window))
+            same_side = all((i < s) == (j < s) for i, j, s in zip(pa, pb, shift))
             if same_window and same_side:
                 allowed[a, bb] = True
-                dy, dx = (ya % m.wh) - (yb % m.wh), (xa % m.ww) - (xb % m.ww)
-                bias[:, a, bb] = table[(dy + m.wh - 1) * (2 * m.ww - 1) + (dx + m.ww - 1)]
+                (dt, dy, dx), (mt, mh, mw) = ((i % M) - (j % M) for i, j, M in zip(ra, rb, window)), window
+                bias[:, a, bb] = table[((dt + mt - 1) * (2 * mh - 1) + dy + mh - 1) * (2 * mw - 1) + dx + mw - 1]
     scores = (scores + bias).masked_fill(~allowed, float("-inf"))
     out = scores.softmax(-1) @ v  # (B, heads, N, hd)
-    out = m.proj(out.transpose(1, 2).reshape(b, n_pad, c)).view(b, m.hp, m.wp, c)
-    return out[:, :m.h, :m.w].reshape(b, m.h * m.w, c)
+    out = m.proj(out.transpose(1, 2).reshape(b, n_pad, c)).view(b, *padded, c)
+    return out[:, :grid[0], :grid[1], :grid[2]].reshape(b, n, c)
 
 
-WINDOW_CASES = [  # (h, w, window, unit index): odd units shift
-    (8, 8, 4, 0), (8, 8, 4, 1),  # plain and shifted
-    (12, 8, 4, 1),  # non-square map
-    (8, 8, 7, 1),  # padded to 14 x 14, shifted by 3
-    (10, 6, 4, 1),  # padded along one axis
-    (7, 7, 7, 1),  # map == window: the shift is dropped
-    (3, 10, 7, 1),  # window shrinks to 3 along y (no shift there), shifts along x
-    (5, 5, 7, 0),  # window shrinks to the map: global attention
+WINDOW_CASES = [  # (frames, h, w, temporal window, window, unit index): odd units shift
+    (1, 8, 8, 1, 4, 0), (1, 8, 8, 1, 4, 1),  # plain and shifted
+    (1, 12, 8, 1, 4, 1),  # non-square map
+    (1, 8, 8, 1, 7, 1),  # padded to 14 x 14, shifted by 3
+    (1, 10, 6, 1, 4, 1),  # padded along one axis
+    (1, 7, 7, 1, 7, 1),  # map == window: the shift is dropped
+    (1, 3, 10, 1, 7, 1),  # window shrinks to 3 along y (no shift there), shifts along x
+    (1, 5, 5, 1, 7, 0),  # window shrinks to the map: global attention
+    # clips: 3D windows (Video Swin)
+    (4, 6, 6, 2, 3, 0), (4, 6, 6, 2, 3, 1),  # plain and shifted along all three axes
+    (5, 6, 7, 2, 4, 1),  # padded along every axis, shifted
+    (3, 4, 5, 8, 7, 1),  # windows clamp to the grid: one window, no shift
+    (6, 5, 9, 4, 4, 1),  # padded along every axis, shifted
+    (4, 6, 6, 1, 3, 1),  # wt = 1: each frame's own (shifted) windows
 ]
 
 
-@pytest.mark.parametrize("h, w, window, index", WINDOW_CASES)
-def test_window_attention_matches_masked_full_attention(h, w, window, index):
+@pytest.mark.parametrize("f, h, w, wt, window, index", WINDOW_CASES)
+def test_window_attention_matches_masked_full_attention(f, h, w, wt, window, index):
     torch.manual_seed(0)
     dim = 12
-    kind = REGISTRY["swin"](w=window, h=3)
-    m = kind.build_mixer(Shape(dim, h, w), dim, index)
+    kind = REGISTRY["swin"](w=window, wt=wt, h=3)
+    m = kind.build_mixer(Shape(dim, h, w, 0, f), dim, index)
     with torch.no_grad():
         m.relative_position_bias_table.normal_()  # a bias large enough to matter
-    x = torch.randn(2, h * w, dim)
+    x = torch.randn(2, f * h * w, dim)
     out = m(x)  # with autograd on (the CPU training path) ...
     ref = naive_window_attention(m, x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -83,48 +90,78 @@ def test_window_attention_matches_masked_full_attention(h, w, window, index):
 
 
 def test_window_shrink_and_shift_rule():
-    """As Swin: a map not larger than the window along an axis shrinks the window and drops the
-    shift along it; the bias table has (2wh-1)(2ww-1) entries per head."""
+    """As Swin and Video Swin: a grid not larger than the window along an axis shrinks the window
+    and drops the shift along it; the bias table has (2P-1)(2wh-1)(2ww-1) entries per head."""
     swin = REGISTRY["swin"](w=7, h=2)
-    cases = {(14, 14): ((7, 7), (3, 3)), (7, 7): ((7, 7), (0, 0)), (4, 9): ((4, 7), (0, 3)), (1, 1): ((1, 1), (0, 0))}
-    for (h, w), (window, shift) in cases.items():
-        s = Shape(8, h, w)
-        assert swin.window(s) == window and swin.shift_of(s, 1) == shift and swin.shift_of(s, 0) == (0, 0)
-        m = swin.build_mixer(s, 8, 1)
-        assert m.relative_position_bias_table.shape == ((2 * window[0] - 1) * (2 * window[1] - 1), 2)
-    assert REGISTRY["swin"](w=7, h=2, shift=False).shift_of(Shape(8, 14, 14), 1) == (0, 0)
+    cases = {(1, 14, 14): ((1, 7, 7), (0, 3, 3)), (1, 7, 7): ((1, 7, 7), (0, 0, 0)),
+             (1, 4, 9): ((1, 4, 7), (0, 0, 3)), (1, 1, 1): ((1, 1, 1), (0, 0, 0))}
+    video = REGISTRY["swin"](w=7, wt=8, h=2)
+    video_cases = {(16, 56, 56): ((8, 7, 7), (4, 3, 3)), (8, 14, 14): ((8, 7, 7), (0, 3, 3)),
+                   (4, 7, 9): ((4, 7, 7), (0, 0, 3)), (9, 3, 3): ((8, 3, 3), (4, 0, 0))}
+    for kind, table in ((swin, cases), (video, video_cases)):
+        for (f, h, w), (window, shift) in table.items():
+            s = Shape(8, h, w, 0, f)
+            assert kind.window(s) == window and kind.shift_of(s, 1) == shift and kind.shift_of(s, 0) == (0, 0, 0)
+            m = kind.build_mixer(s, 8, 1)
+            assert m.relative_position_bias_table.shape == (math.prod(2 * n - 1 for n in window), 2)
+    assert REGISTRY["swin"](w=7, h=2, shift=False).shift_of(Shape(8, 14, 14), 1) == (0, 0, 0)
 
 
 def test_swin_stage_alternates_shifts():
     spec = lab.parse("@56 | patch(p=4,c=32) | swin(h=2) 4x32 | ln,gap,fc")
     units = lab.build(spec).stages[0].blocks
-    assert [(u.mixer.sh, u.mixer.sw) for u in units] == [(0, 0), (3, 3), (0, 0), (3, 3)]
+    assert [u.mixer.shift for u in units] == [(0, 0, 0), (0, 3, 3), (0, 0, 0), (0, 3, 3)]
+    video = lab.parse("@16x56 | patch(p=4,pt=2,c=32) | swin(h=2,wt=4) 2x32 | ln,gap,fc")
+    assert [u.mixer.shift for u in lab.build(video).stages[0].blocks] == [(0, 0, 0), (2, 3, 3)]
 
 
-@pytest.mark.parametrize("h, w, wh, ww", [(8, 8, 4, 4), (14, 21, 7, 7), (6, 4, 3, 2)])
-def test_shift_partition_reverse_unshift_is_exact(h, w, wh, ww):
-    x = torch.randn(2, h, w, 5)
-    rolled = torch.roll(x, shifts=(-(wh // 2), -(ww // 2)), dims=(1, 2))
-    back = win.reverse(win.partition(rolled, wh, ww), wh, ww, h, w)
-    assert torch.equal(torch.roll(back, shifts=(wh // 2, ww // 2), dims=(1, 2)), x)
+@pytest.mark.parametrize("grid, window", [((1, 8, 8), (1, 4, 4)), ((1, 14, 21), (1, 7, 7)), ((1, 6, 4), (1, 3, 2)),
+                                          ((4, 6, 6), (2, 3, 3)), ((8, 14, 7), (4, 7, 7))])
+def test_shift_partition_reverse_unshift_is_exact(grid, window):
+    x = torch.randn(2, *grid, 5)
+    shift = tuple(m // 2 for m in window)
+    rolled = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    windows = win.partition(rolled, window)
+    assert windows.shape == (2 * math.prod(g // m for g, m in zip(grid, window)), math.prod(window), 5)
+    back = win.reverse(windows, window, grid)
+    assert torch.equal(torch.roll(back, shifts=shift, dims=(1, 2, 3)), x)
+
+
+def test_partition_windows_hold_neighbours():
+    """A window's tokens are the block of the grid it covers, in row-major order."""
+    x = torch.arange(4 * 6 * 6).view(1, 4, 6, 6, 1)
+    windows = win.partition(x, (2, 3, 3))
+    assert windows[1, :, 0].tolist() == x[0, 0:2, 0:3, 3:6].flatten().tolist()
+    assert windows[4, :, 0].tolist() == x[0, 2:4, 0:3, 0:3].flatten().tolist()
 
 
 def test_shift_mask_counts():
-    """Each query of a shifted 8x8 map with 4x4 windows sees 16, 8 or 4 keys, as the regions say."""
-    mask = win.shift_mask(8, 8, 4, 4, 2, 2)
+    """Each query of a shifted 8x8 map with 4x4 windows sees 16, 8 or 4 keys, as the regions say;
+    of a shifted 4x4x4 clip with 2x2x2 windows, 8, 4, 2 or 1."""
+    mask = win.shift_mask((1, 8, 8), (1, 4, 4), (0, 2, 2))
     visible = (mask == 0).sum(-1)
     assert sorted(set(visible.flatten().tolist())) == [4, 8, 16]
     assert (visible[0] == 16).all()  # the top-left window holds no wrapped token
-    assert win.shift_mask(8, 8, 4, 4, 0, 0) is None
+    assert win.shift_mask((1, 8, 8), (1, 4, 4), (0, 0, 0)) is None
+    visible = (win.shift_mask((4, 4, 4), (2, 2, 2), (1, 1, 1)) == 0).sum(-1)
+    assert sorted(set(visible.flatten().tolist())) == [1, 2, 4, 8]
+    assert (visible[0] == 8).all() and (visible[-1] == 1).all()
 
 
 def test_relative_position_index_is_the_offset():
-    idx = win.relative_position_index(3, 4)
+    idx = win.relative_position_index((1, 3, 4))
+    assert torch.equal(idx, win.relative_position_index((3, 4)))  # a one-frame window: Swin's 2D index
     ys, xs = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
     for a in range(12):
         for b in range(12):
             assert idx[a, b] == (ys[a] - ys[b] + 2) * 7 + (xs[a] - xs[b] + 3)
+    idx = win.relative_position_index((2, 2, 3))  # Video Swin: (2P-1)(2M-1)(2M-1) entries
+    ts, ys, xs = (a.flatten() for a in torch.meshgrid(torch.arange(2), torch.arange(2), torch.arange(3), indexing="ij"))
+    for a in range(12):
+        for b in range(12):
+            assert idx[a, b] == ((ts[a] - ts[b] + 1) * 3 + ys[a] - ys[b] + 1) * 5 + xs[a] - xs[b] + 2
+    assert idx.max() == 3 * 3 * 5 - 1
 
 
 def test_global_attention_matches_explicit_softmax():

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     show = asub.add_parser("show", help="the per-stage table of a named architecture or grammar text")
     show.add_argument("ref", metavar="NAME|TEXT", help="a name (resnet50, resnet50@32px,w=0.25) or grammar text")
-    show.add_argument("--classes", type=int, default=1000, help="classes of the head (default 1000)")
+    show.add_argument("--classes", type=int, default=None,
+                      help="classes of the head (default: a named point's published head, else 1000)")
     show.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
     show.add_argument("--json", action="store_true", help="a JSON object")
     show.set_defaults(run=run_show)
@@ -47,7 +48,7 @@ def _summary(name: str, spec, entry: catalog.Entry | None, classes: int = 1000, 
     rep = cost(spec, classes, in_chans)
     out = {"name": name, "family": entry.family if entry else catalog.family_of(spec),
            "params": rep.params, "gmacs": round(rep.gmacs, 4), "acts": rep.acts, "res": spec.res,
-           "arch_id": spec.arch_id, "text": spec.text}
+           "frames": spec.frames, "arch_id": spec.arch_id, "text": spec.text}
     if entry is not None:
         out.update(timm=entry.timm, published_params_m=entry.published_params_m,
                    published_gmacs=entry.published_gmacs)
@@ -69,7 +70,7 @@ def _pct(ours: float, published: float | None) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     entries = [e for e in catalog.entries().values() if not args.family or e.family == args.family]
-    items = [_summary(e.name, catalog.named(e.name), e) for e in entries]
+    items = [_summary(e.name, catalog.named(e.name), e, e.classes) for e in entries]
     if args.json:
         print(json.dumps(items, indent=1))
         return 0
@@ -87,11 +88,14 @@ def run_show(args: argparse.Namespace) -> int:
     name = args.ref if not args.ref.lstrip().startswith("@") else spec.arch_id
     base = None if args.ref.lstrip().startswith("@") else args.ref.split("@")[0].strip()
     entry = catalog.entries().get(base) if base else None
+    if args.classes is None:
+        args.classes = entry.classes if entry else 1000
     info = _summary(name, spec, entry, args.classes, args.in_chans)
     if entry and entry.timm:
         info["timm_layout"] = _timm_layout(entry.timm)
     rep = cost(spec, args.classes, args.in_chans)
-    stages = [{"stage": r.name, "block": r.block, "depth": r.depth, "res": f"{r.h}x{r.w}", "channels": r.channels,
+    stages = [{"stage": r.name, "block": r.block, "depth": r.depth,
+               "res": f"{r.frames}x{r.h}x{r.w}" if r.frames > 1 else f"{r.h}x{r.w}", "channels": r.channels,
                "tokens": r.tokens, "prefix_tokens": r.prefix, "params": r.params, "macs": r.macs, "acts": r.acts}
               for r in rep.rows]
     if args.json:
@@ -105,7 +109,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  reference: {entry.reference}")
     print()
 
-    def out(s: dict) -> str:  # "56x56" for a map, "1+14x14 tok" for tokens with a class token
+    def out(s: dict) -> str:  # "56x56" for a map, "1+14x14 tok" for tokens with a class token, "16x56x56 tok" on clips
         if s["stage"] == "head":
             return "logits" if args.classes else "features"
         prefix = f"{s['prefix_tokens']}+" if s["prefix_tokens"] else ""

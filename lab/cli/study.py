@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fractions": "scaling: nested training fractions, e.g. 0.05,0.1,0.2,0.5,1",
         "seeds": "scaling: seeds per (arch, fraction) (default 1)",
         "epochs_policy": "scaling: constant-steps (default: the largest fraction's steps everywhere) or constant-epochs",
-        "space": "search space: conv, isotropic, hierarchical, hybrid (default) or a YAML path",
+        "space": "search space: conv, isotropic, hierarchical, hybrid (default), video (clips: --dataset moving-digits) or a YAML path",
         "dataset": "dataset (default mnist5k)", "trials": "trained trials (default 20)",
         "objectives": "objectives, e.g. val_acc:max,macs:min (the default)", "epochs": "epochs per trial (default 8)",
         "fraction": "fraction of the training split (default 1)", "res": "input resolution (default: the space's)",

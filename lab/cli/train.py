@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a grammar point on a dataset; record the run in Parquet")
     p.add_argument("arch", metavar="NAME|TEXT", help="a name with optional multipliers (resnet18@28px,w=0.5) or grammar text")
     p.add_argument("--dataset", default="mnist5k",
-                   help="mnist5k (default), digits, synthetic[:N], cifar10, cifar100, mnist, fashion-mnist, "
+                   help="mnist5k (default), digits, synthetic[:N], moving-digits (clips), cifar10, cifar100, mnist, fashion-mnist, "
                         "imagefolder:PATH, parquet:PATH")
     p.add_argument("--recipe", default="default", choices=list(PRESETS), help="training preset (default: default)")
     p.add_argument("--epochs", type=_positive, help="epochs (default: the recipe's)")

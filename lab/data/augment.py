@@ -1,7 +1,10 @@
-"""Batched, on-device augmentation of uint8 images into normalized float32 at a resolution.
+"""Batched, on-device augmentation of uint8 images (or video clips) into normalized float32 at a
+resolution.
 
 Every random choice is one draw of a (B,)-shaped tensor from the caller's generator; pixels move
-by one gather or one `roi_align` for the whole batch, never by a Python loop over samples.
+by one gather or one `roi_align` for the whole batch, never by a Python loop over samples. Clips
+(B, C, T, H, W) go through the same path with their frames folded into channels, so a clip's
+frames share every spatial choice (crop window, flip, rrc box).
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ class Augment:
     stored at a size other than res are resized to res first ("pad", "none"). `flip` (None: the
     dataset's `hflip`) mirrors half of the images. Evaluation (train=False) only resizes to res
     and normalizes: deterministic.
+
+    Video datasets (`ds.frames` T > 1): uint8 clips (B, C, T, H, W) -> float32 (B, C, F, res, res)
+    with F = `frames` (None: T). For F != T the frames `linspace(0, T-1, F).round()` are kept, the
+    same in training and evaluation (F > T repeats frames). One spatial draw per clip: all its
+    frames get the same crop and flip.
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class Augment:
         flip: bool | None = None,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        frames: int | None = None,
     ):
         if isinstance(res, bool) or not isinstance(res, int) or res < 1:
             raise DataError(f"augment: res must be a positive integer, got {res!r}")
@@ -73,21 +82,33 @@ class Augment:
             raise DataError(f"augment: scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
         if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
             raise DataError(f"augment: ratio must be (lo, hi) with 0 < lo <= hi, got {ratio!r}")
+        clip = getattr(ds, "frames", 1)  # T: frames per stored clip, 1 for images
+        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
+            raise DataError(f"augment: frames must be a positive integer, got {frames!r}")
+        if clip == 1 and frames not in (None, 1):
+            raise DataError(f"augment: frames={frames} needs a video dataset ({getattr(ds, 'name', 'this dataset')} holds single images)")
         self.res, self.train, self.crop, self.pad = res, train, crop, pad
         self.flip = ds.hflip if flip is None else bool(flip)
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
         self.size, self.in_chans = ds.image_size, ds.in_chans
+        self.clip, self.frames = clip, clip if frames is None else frames
+        # the kept frames of a clip (None: all of them, or images)
+        self._pick = None if self.frames == clip else torch.linspace(0, clip - 1, self.frames).round().long()
         std = torch.tensor(ds.std, dtype=torch.float32)
-        # (x/255 - mean) / std as one multiply-add
+        # (x/255 - mean) / std as one multiply-add; clips fold frames into channels: (C*F,) constants
         self._mul = (1 / (255 * std)).reshape(1, -1, 1, 1)
         self._add = (-torch.tensor(ds.mean, dtype=torch.float32) / std).reshape(1, -1, 1, 1)
+        if clip > 1:
+            self._mul, self._add = self._mul.repeat_interleave(self.frames, 1), self._add.repeat_interleave(self.frames, 1)
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._picks: dict[torch.device, torch.Tensor] = {}
 
     def __repr__(self) -> str:
+        frames = f", frames={self.frames}" if self.clip > 1 else ""
         if not self.train:
-            return f"Augment(eval, res={self.res})"
+            return f"Augment(eval, res={self.res}{frames})"
         extra = {"pad": f", pad={self.pad}", "rrc": f", scale={self.scale}, ratio={tuple(round(r, 3) for r in self.ratio)}"}.get(self.crop, "")
-        return f"Augment(train, res={self.res}, crop={self.crop}{extra}, flip={self.flip})"
+        return f"Augment(train, res={self.res}{frames}, crop={self.crop}{extra}, flip={self.flip})"
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.device not in self._on:
@@ -96,8 +117,29 @@ class Augment:
         return torch.addcmul(add, x.float(), mul).contiguous()
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.clip > 1:
+            return self._clips(images, generator)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != self.in_chans:
             raise DataError(f"augment: expected uint8 images (B, {self.in_chans}, H, W), got {images.dtype} {tuple(images.shape)}")
+        return self._images(images, generator)
+
+    def _clips(self, clips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, C, F, res, res): the kept frames folded into channels, through
+        the image path (one spatial draw per clip), unfolded."""
+        if clips.dtype != torch.uint8 or clips.ndim != 5 or clips.shape[1:3] != (self.in_chans, self.clip):
+            raise DataError(
+                f"augment: expected uint8 clips (B, C, T, H, W) = (B, {self.in_chans}, {self.clip}, H, W), got {clips.dtype} {tuple(clips.shape)}"
+            )
+        if self._pick is not None:
+            if clips.device not in self._picks:
+                self._picks[clips.device] = self._pick.to(clips.device)
+            clips = clips.index_select(2, self._picks[clips.device])
+        b, c, f, h, w = clips.shape
+        x = self._images(clips.reshape(b, c * f, h, w), generator)
+        return x.reshape(b, c, f, self.res, self.res)
+
+    def _images(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, C', H, W) uint8 -> (B, C', res, res) float32, normalized (C' = C, or C * F for clips)."""
         if not self.train:
             return self._normalize(_resize(images, self.res))
         b, dev = images.shape[0], images.device

@@ -17,8 +17,9 @@ STATS_SAMPLE = 2000  # images a streaming dataset's mean/std are estimated on
 
 @dataclass(eq=False)
 class Dataset:
-    """A loaded dataset: fixed train/val/test splits of uint8 images and what a trainer needs to
-    know about them. `train` holds only the `fraction` of the training split this run uses."""
+    """A loaded dataset: fixed train/val/test splits of uint8 images (N, C, S, S), or of clips
+    (N, C, T, S, S) where `frames` T > 1, and what a trainer needs to know about them. `train`
+    holds only the `fraction` of the training split this run uses."""
 
     name: str  # canonical: "mnist5k", "synthetic:20000", "imagefolder:/abs/path"
     num_classes: int
@@ -34,6 +35,7 @@ class Dataset:
     test: Split
     classes: tuple[str, ...] = field(default=())  # class names, where the source has them
     shots: int | None = None  # k of a k-shot training split (with_shots); None for a fraction
+    frames: int = 1  # frames per clip: 1 for images, T for video (split images are then (N, C, T, S, S))
 
     @property
     def n_train(self) -> int:
@@ -62,15 +64,17 @@ class Dataset:
 
     def __repr__(self) -> str:
         where = "in memory" if self.train.in_memory else "streaming"
+        shape = f"{self.in_chans}x{self.frames}" if self.frames > 1 else f"{self.in_chans}"
         return (
-            f"Dataset({self.name!r}, {self.num_classes} classes, {self.in_chans}x{self.image_size}x{self.image_size}, "
+            f"Dataset({self.name!r}, {self.num_classes} classes, {shape}x{self.image_size}x{self.image_size}, "
             f"train/val/test {len(self.train)}/{len(self.val)}/{len(self.test)} (fraction {self.fraction:g}, seed {self.seed}), {where})"
         )
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units of uint8 (N, C, H, W) images, exactly, from one
-    256-bin histogram per channel (no float copy of the images)."""
+    """Per-channel mean and std in [0, 1] units of uint8 images (N, C, H, W) or clips
+    (N, C, T, H, W) (over all frames), exactly, from one 256-bin histogram per channel (no float
+    copy of the images)."""
     values = torch.arange(256, dtype=torch.float64) / 255
     means, stds = [], []
     for c in range(images.shape[1]):
@@ -97,9 +101,10 @@ def assemble(
     seed: int,
     fraction: float,
     classes: tuple[str, ...] = (),
+    frames: int = 1,
 ) -> Dataset:
-    """The Dataset over `images` (uint8 (N, C, S, S), in memory) or `reader` (streaming), whose
-    items `parts` = (train, val, test) positions divide."""
+    """The Dataset over `images` (uint8 (N, C, S, S), or clips (N, C, frames, S, S); in memory)
+    or `reader` (streaming), whose items `parts` = (train, val, test) positions divide."""
 
     def split(idx: torch.Tensor) -> Split:
         return Split(labels[idx], idx, images[idx] if images is not None else None, reader)
@@ -112,4 +117,4 @@ def assemble(
         pick = torch.randperm(len(full_train), generator=g)[:STATS_SAMPLE].sort().values
         mean, std = channel_stats(reader.read(full_train.indices[pick].tolist(), threads=0))  # type: ignore[union-attr]
     train = full_train.subset(nested_fraction(full_train.labels, fraction, seed))
-    return Dataset(name, num_classes, in_chans, image_size, mean, std, hflip, fraction, seed, train, val, test, classes)
+    return Dataset(name, num_classes, in_chans, image_size, mean, std, hflip, fraction, seed, train, val, test, classes, frames=frames)

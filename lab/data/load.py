@@ -9,14 +9,14 @@ import os
 import numpy as np
 import torch
 
-from lab.data import imagefolder, parquet, synthetic, vision
+from lab.data import imagefolder, moving, parquet, synthetic, vision
 from lab.data.dataset import Dataset, assemble
 from lab.data.split import check_fraction, stratified_split
 from lab.errors import DataError
 
 # The dataset kinds; `synthetic` takes an optional `:N`, `imagefolder` and `parquet` a `:PATH`.
-DATASETS = ["mnist5k", "digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder", "parquet"]
-FORMS = "mnist5k, digits, synthetic[:N], cifar10, cifar100, mnist, fashion-mnist, imagefolder:PATH, parquet:PATH[?image=COL&label=COL]"
+DATASETS = ["mnist5k", "digits", "synthetic", "moving-digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder", "parquet"]
+FORMS = "mnist5k, digits, synthetic[:N], moving-digits, cifar10, cifar100, mnist, fashion-mnist, imagefolder:PATH, parquet:PATH[?image=COL&label=COL]"
 SYNTHETIC_N = 10000
 
 
@@ -40,6 +40,18 @@ def _mnist5k():
     images = torch.from_numpy(xy[:, :-1]).round().clamp(0, 255).to(torch.uint8).reshape(-1, 1, 28, 28).contiguous()
     labels = torch.from_numpy(xy[:, -1]).to(torch.int64)
     return images, labels, stratified_split(labels, 0.1, 0.1)
+
+
+@functools.lru_cache(maxsize=1)
+def _moving_digits():
+    """mnist5k's digits as moving-digits clips (N, 1, 16, 32, 32): clip i is digit i, so the clips
+    keep mnist5k's split positions; path classes are dealt evenly per digit and split part."""
+    images, labels, parts = _mnist5k()
+    part = torch.empty_like(labels)
+    for k, p in enumerate(parts):
+        part[p] = k
+    clips, paths = moving.generate(images, labels * len(parts) + part, seed=moving.SEED, frames=moving.FRAMES, size=moving.SIZE)
+    return clips, paths, parts
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,6 +142,10 @@ def load_dataset(
         canonical = f"synthetic:{n}"
         images, labels, parts = _synthetic(n)
         classes, hflip = synthetic.CLASSES, True  # every shape is mirror-symmetric up to rotation
+    elif kind == "moving-digits":
+        canonical = kind
+        images, labels, parts = _moving_digits()
+        classes, hflip = moving.CLASSES, False  # a mirrored clip moves the other way: another class
     elif kind in vision.ENTRIES:
         canonical = kind
         images, labels, parts, classes, hflip = vision.load(kind, root)
@@ -139,5 +155,5 @@ def load_dataset(
         classes, hflip = tuple(str(d) for d in range(10)), False  # a mirrored digit is no digit
     return assemble(
         canonical, labels, parts, images=images, num_classes=len(classes), in_chans=images.shape[1],
-        image_size=images.shape[-1], hflip=hflip, classes=tuple(classes), **common,
+        image_size=images.shape[-1], hflip=hflip, classes=tuple(classes), frames=images.shape[2] if images.ndim == 5 else 1, **common,
     )

@@ -156,7 +156,7 @@ class Split:
         drop_last: bool = False,
         workers: int | None = None,
     ) -> "Batches":
-        """(uint8 images (B,C,H,W), int64 labels (B,)) on `device`, in the order of
+        """(uint8 images (B,C,H,W) or clips (B,C,T,H,W), int64 labels (B,)) on `device`, in the order of
         `order(len, shuffle, seed, epoch)`. `workers` (streaming splits only) defaults to
         min(4, CPU count) decoding processes; 0 decodes in this process."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:

@@ -17,10 +17,14 @@ def _lcm(a: int, b: int) -> int:
 
 
 def scale(spec: Spec, width: float = 1.0, depth: float = 1.0, res: int | None = None,
-          patch: int | None = None) -> Spec:
+          patch: int | None = None, frames: int | None = None) -> Spec:
     """`spec` with every channel count times `width` (rounded to a multiple of 8 that the block
-    accepts), every stage depth times `depth` (rounded up), input resolution `res`, and the
-    stem's patchify op taking `patch` x `patch` patches."""
+    accepts), every stage depth times `depth` (rounded up), input resolution `res`, the
+    stem's patchify op taking `patch` x `patch` patches, and clips of `frames` frames (a video
+    model's)."""
+    if frames is not None and frames != spec.frames and spec.frames == 1:
+        raise SpecError(f"clips of {frames} frames asked of an image model (its text starts @{spec.res}, "
+                        f"not @FRAMESx{spec.res})", "frames")
     if not (0 < width <= 64):
         raise SpecError(f"width multiplier must be in (0, 64], got {width}", "w")
     if not (0 < depth <= 64):
@@ -54,4 +58,5 @@ def scale(spec: Spec, width: float = 1.0, depth: float = 1.0, res: int | None = 
             raise SpecError(f"patch size must be in 1..256, got {patch}", "p")
         stem = tuple(replace(op, p=patch) if op.kind == "patch" else op for op in stem)
     head = tuple(op.widen(width, channels) for op in spec.head) if width != 1 else spec.head
-    return Spec(spec.res if res is None else res, stem, tuple(stages), head)
+    return Spec(spec.res if res is None else res, stem, tuple(stages), head,
+                spec.frames if frames is None else frames)

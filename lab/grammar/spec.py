@@ -16,6 +16,7 @@ from lab.errors import SpecError
 from lab.kinds import REGISTRY, Block, Kind, Op
 
 MAX_RES = 8192
+MAX_FRAMES = 4096
 MAX_DEPTH = 1000
 MAX_WIDTH = 65536
 MAX_STRIDE = 8
@@ -81,17 +82,20 @@ class Stage:
 
 @dataclass(frozen=True)
 class Spec:
-    """One point of the grammar: input resolution, stem ops, stages and head ops."""
+    """One point of the grammar: input resolution, stem ops, stages and head ops; `frames` > 1
+    makes it a video model, whose input is a clip (B, C, frames, res, res)."""
 
     res: int
     stem: tuple[Op, ...]
     stages: tuple[Stage, ...]
     head: tuple[Op, ...] = field(default=())
+    frames: int = 1
 
     def __post_init__(self) -> None:
         from lab.grammar.trace import trace  # the walk needs the Spec type
 
         _check_int(self.res, 1, MAX_RES, "res")
+        _check_int(self.frames, 1, MAX_FRAMES, "frames")
         object.__setattr__(self, "stem", _check_ops(self.stem, "stem", allow_empty=False))
         object.__setattr__(self, "head", _check_ops(self.head, "head", allow_empty=False))
         stages = tuple(self.stages)
@@ -102,6 +106,10 @@ class Spec:
                 raise SpecError(f"expected a stage, got {st!r}", f"stages[{i}]")
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "_trace", trace(self))  # validates every shape; kept for cost()
+
+    def input_shape(self, in_chans: int = 3) -> tuple[int, ...]:
+        """One input's shape: (C, res, res) for an image model, (C, frames, res, res) for a video one."""
+        return (in_chans, self.res, self.res) if self.frames == 1 else (in_chans, self.frames, self.res, self.res)
 
     # --- identity -------------------------------------------------------------------
     @property
@@ -125,6 +133,7 @@ class Spec:
 
         return {
             "res": self.res,
+            **({"frames": self.frames} if self.frames != 1 else {}),
             "stem": [kind(op) for op in self.stem],
             "stages": [{"block": kind(st.block), "depth": st.depth, "width": st.width,
                         **({"stride": st.stride} if st.stride != 1 else {}),
@@ -137,9 +146,9 @@ class Spec:
     def from_dict(cls, d: Any) -> "Spec":
         if not isinstance(d, dict):
             raise SpecError(f"expected a mapping with res, stem, stages, head; got {type(d).__name__}")
-        unknown = set(d) - {"res", "stem", "stages", "head"}
+        unknown = set(d) - {"res", "frames", "stem", "stages", "head"}
         if unknown:
-            raise SpecError(f"unknown field {sorted(unknown)[0]!r} (expected res, stem, stages, head)",
+            raise SpecError(f"unknown field {sorted(unknown)[0]!r} (expected res, frames, stem, stages, head)",
                             sorted(unknown)[0])
         for key in ("res", "stem", "stages", "head"):
             if key not in d:
@@ -170,7 +179,7 @@ class Spec:
             except SpecError as e:
                 raise e.at(path) from None
         return cls(d["res"], tuple(kinds(d["stem"], "op", "stem")), tuple(stages),
-                   tuple(kinds(d["head"], "op", "head")))
+                   tuple(kinds(d["head"], "op", "head")), d.get("frames", 1))
 
 
 def _kind_from_dict(d: Any, role: str, path: str) -> Kind:

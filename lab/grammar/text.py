@@ -1,8 +1,9 @@
 """The one-line textual form of a Spec.
 
     @224 | conv(c=64,k=7,s=2),bn,relu,maxpool | bottleneck 3x256, 4x512/2, 6x1024/2, 3x2048/2 | gap,fc
+    @32x224 | patch(p=4,pt=2,c=96),ln | swin(wt=8) 2x96, 2x192/merge | ln,gap,fc
 
-Sections are separated by ``|``: the input resolution, the stem ops, one or more stage groups
+Sections are separated by ``|``: the input resolution (``@FRAMESxRES`` for a video model), the stem ops, one or more stage groups
 (a block followed by its stages ``DEPTHxWIDTH[/TRANSITION]``), and the head ops. An element is
 ``kind`` or ``kind(key=value,...)``; a transition is a stride (``/2``), one op (``/merge``) or
 several in parentheses (``/(ln,conv(k=2,s=2))``). ``format`` writes the canonical form:
@@ -56,7 +57,7 @@ def _format_stage(st: Stage) -> str:
 
 
 def format_spec(spec: Spec) -> str:
-    parts = [f"@{spec.res}", _format_ops(spec.stem)]
+    parts = [f"@{spec.frames}x{spec.res}" if spec.frames != 1 else f"@{spec.res}", _format_ops(spec.stem)]
     group: list[Stage] = []
     for st in spec.stages + (None,):  # type: ignore[operator]
         if group and (st is None or st.block != group[0].block):
@@ -202,7 +203,11 @@ class _Parser:
 
     def spec(self) -> Spec:
         self.expect("@", "'@' and the input resolution (like @224) at the start")
-        res = self.integer("the input resolution after '@'", "res")
+        res, frames = self.integer("the input resolution after '@'", "res"), 1
+        if self.text.startswith("x", self.i):  # @FRAMESxRES: a video model
+            self.i += 1
+            self.cols["frames"] = self.cols.pop("res")
+            frames, res = res, self.integer("the input resolution after '@FRAMESx'", "res")
         self.expect("|", "'|' after the resolution")
         stem = self.ops("stem")
         stages: list[Stage] = []
@@ -229,7 +234,7 @@ class _Parser:
             raise SpecError("expected at least one stage group (like | basic 2x64 |) between stem and head",
                             col=len(self.text))
         try:
-            return Spec(res, tuple(stem), tuple(stages), tuple(head))
+            return Spec(res, tuple(stem), tuple(stages), tuple(head), frames)
         except SpecError as e:
             raise e.with_col(self.col_of(e.path)) from None
 

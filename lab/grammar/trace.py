@@ -32,6 +32,25 @@ class Step(NamedTuple):
 _INPLACE_AFTER = frozenset({"bn", "gn", "ln", "conv"})
 
 
+def frame_of(element: Kind, s: Shape) -> Shape:
+    """The shape `element` is costed and built on: one frame's, for an element that works on each
+    frame of a clip alone; the clip's otherwise."""
+    return s._replace(f=1) if element.per_frame and s.f > 1 else s
+
+
+def _on_frames(element: Kind, s: Shape, out: Shape, cost: Cost) -> tuple[Shape, Cost]:
+    """A per-frame element's output and cost over all the frames of `s`."""
+    if not element.per_frame or s.f == 1:
+        return out, cost
+    return out._replace(f=s.f), Cost(cost.params, cost.macs * s.f, cost.acts * s.f)
+
+
+def _check_frames(element: Kind, s: Shape, path: str) -> None:
+    if element.per_frame and s.f > 1 and s.t:
+        raise SpecError(f"{element.kind} works on each frame alone, but the tokens of the clip carry {s.t} "
+                        "prefix token(s) (class/distillation) that belong to no frame", path)
+
+
 def _enter(element: Kind, s: Shape, layout: str, path: str) -> tuple[str, str | None]:
     """The layout an element receives, and the conversion needed to get there."""
     need = element.layout
@@ -44,9 +63,9 @@ def _enter(element: Kind, s: Shape, layout: str, path: str) -> tuple[str, str | 
 
 
 def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Step, ...]:
-    """Walk the spec for an input of `in_chans` x res x res and a `num_classes` head."""
+    """Walk the spec for an input of `in_chans` x res x res (x frames) and a `num_classes` head."""
     steps: list[Step] = []
-    s = Shape(in_chans, spec.res, spec.res)
+    s = Shape(in_chans, spec.res, spec.res, 0, spec.frames)
     ctx = Context(num_classes, in_chans)
     layout = NCHW
 
@@ -59,8 +78,9 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
                    and steps[-1].element.kind in _INPLACE_AFTER)
         if layout != c.layout or inplace != c.inplace:
             c = replace(c, layout=layout, inplace=inplace)
+        _check_frames(op, s, path)
         try:
-            out, cost = op.shape(s, c)
+            out, cost = _on_frames(op, s, *op.shape(frame_of(op, s), c))
         except SpecError as e:
             raise e.at(path) from None
         steps.append(Step(path, section, op, stage, s, out, cost, c, convert))
@@ -76,8 +96,10 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
         path = f"stages[{si}]"
         layout, convert = _enter(st.block, s, layout, f"{path}.block")
         block_ctx = ctx if layout == ctx.layout else replace(ctx, layout=layout)
+        _check_frames(st.block, s, f"{path}.block")
         try:
-            out, cost = st.block.stage(s, st.width, st.depth, st.stride)
+            out, cost = _on_frames(st.block, s, *st.block.stage(frame_of(st.block, s), st.width, st.depth,
+                                                                st.stride))
         except SpecError as e:
             raise e.at(f"{path}.block") from None
         if out.h < 1 or out.w < 1:

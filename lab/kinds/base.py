@@ -20,13 +20,24 @@ from lab.errors import SpecError
 
 
 class Shape(NamedTuple):
-    """A feature map entering or leaving an element, per image: channels, spatial grid, and the
-    prefix tokens (class, distillation) carried in front of the grid's tokens."""
+    """A feature map entering or leaving an element, per image or clip: channels, spatial grid,
+    the prefix tokens (class, distillation) carried in front of the grid's tokens, and the frames
+    of a video's grid (1 for images).
+
+    Tensors of a clip: a map travels with its frames folded into the batch, (B*F, C, H, W), so
+    that an element working on each frame alone runs unchanged; tokens travel as
+    (B, prefix + F*H*W, C), the grid in (frame, row, column) order."""
 
     c: int
     h: int
     w: int
     t: int = 0
+    f: int = 1
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the sequence: prefix + frames x grid."""
+        return self.t + self.f * self.h * self.w
 
 
 class Cost(NamedTuple):
@@ -64,10 +75,12 @@ def out_size(n: int, k: int, s: int, p: int) -> int:
     return (n + 2 * p - k) // s + 1
 
 
-def conv_cost(cin: int, cout: int, k: int, h_out: int, w_out: int, groups: int = 1, bias: bool = False) -> Cost:
-    per_out = (cin // groups) * k * k
+def conv_cost(cin: int, cout: int, k: int, h_out: int, w_out: int, groups: int = 1, bias: bool = False,
+              kt: int = 1, f_out: int = 1) -> Cost:
+    """A k x k conv (kt x k x k over `f_out` output frames, for a 3D one)."""
+    per_out = (cin // groups) * k * k * kt
     params = cout * per_out + (cout if bias else 0)
-    n_out = cout * h_out * w_out
+    n_out = cout * h_out * w_out * f_out
     return Cost(params, n_out * per_out, n_out)
 
 
@@ -170,12 +183,18 @@ class Kind:
     `layout` is the tensor layout the element works in: ``nchw`` maps (B, C, H, W), ``nlc``
     tokens (B, prefix + H*W, C), or ``any`` (it adapts). The walk converts between layouts
     where needed, free of cost; a map cannot be made of tokens that carry prefix tokens.
+    `per_frame` says how it treats the frames of a clip (see Shape).
     """
 
     kind: ClassVar[str]
     role: ClassVar[str]  # "op" or "block"
     layout: ClassVar[str] = NCHW
     classifier: ClassVar[bool] = False  # does it produce the logits (a head ends with one)?
+    # Does it work on each frame of a clip alone? Then the walk costs it on one frame (times the
+    # frames) and the builder hands it one frame's shape; frames ride in the batch. Kinds that mix
+    # frames (3D convs and windows, global attention, pooling), or act on each position alone
+    # whatever the arrangement (norms, activations), set it False and handle `Shape.f` themselves.
+    per_frame: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

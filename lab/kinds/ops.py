@@ -2,6 +2,10 @@
 
     conv(c=64,k=7,s=2)  bn  gn(g=32)  ln  relu  silu  gelu
     maxpool(k=3,s=2)  avgpool(k=2,s=2)  pad(p=1)  gap  drop(p=0.2)  fc
+    conv(c=64,k=7,s=2,kt=5,st=2)   a 3D conv over a clip's frames (temporal kernel kt, stride st)
+
+On a clip, convs with kt = st = 1, pools, pads and gn work on each frame; bn, ln, activations and
+dropout on each position; gap pools the frames too; fc needs one pooled vector per clip.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from torch import nn
 from lab.errors import SpecError
 from lab.kinds.base import (ANY, NLC, ZERO, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost,
                             out_size, param, register, round_channels)
-from lab.layers import LayerNorm2d, MaxPool2dSame, adapt_input_channels, make_act, make_conv
+from lab.layers import LayerNorm2d, MaxPool2dSame, adapt_input_channels, make_act, make_conv, make_conv3d
 
 
 def _same(s: Shape, st: int) -> tuple[int, int]:
@@ -44,12 +48,30 @@ class Conv(Op):
     bias: bool = param(False, doc="learned bias")
     ws: bool = param(False, doc="weight standardization (BiT)")
     same: bool = param(False, doc="TensorFlow 'SAME' padding: out = ceil(in / s), odd padding bottom/right")
+    kt: int = param(1, lo=1, hi=64, doc="temporal kernel size (a 3D conv over a clip's frames when > 1)")
+    st: int = param(1, lo=1, hi=64, doc="temporal stride")
+    pt: int | None = param(None, lo=0, hi=64, doc="temporal padding (default: 0 when kt == st, else (kt-1)//2)")
 
     def check(self) -> None:
         if self.c is not None and self.r is not None:
             raise SpecError("give either c (channels) or r (ratio), not both", "r")
         if self.same and self.p is not None:
             raise SpecError("give either p (padding) or same=1, not both", "same")
+        if not self.per_frame and (self.same or self.ws):
+            raise SpecError(f"{'same=1' if self.same else 'ws=1'} is for 2D convs: drop it or use kt=1, st=1",
+                            "same" if self.same else "ws")
+        if self.pt is not None and self.per_frame and self.pt:
+            raise SpecError("temporal padding needs a temporal kernel or stride (kt or st > 1)", "pt")
+
+    @property
+    def per_frame(self) -> bool:  # type: ignore[override]
+        return self.kt == 1 and self.st == 1
+
+    @property
+    def tpad(self) -> int:
+        if self.pt is not None:
+            return self.pt
+        return 0 if self.kt == self.st else (self.kt - 1) // 2
 
     @property
     def pad(self) -> int:
@@ -74,9 +96,21 @@ class Conv(Op):
             raise SpecError("weight standardization of a filter with a single weight leaves zero (a dead "
                             "layer): use a larger kernel, fewer groups, or ws=0", "ws")
         h, w = _same(s, self.s) if self.same else _spatial(s, self.k, self.s, self.pad, "conv")
-        return Shape(cout, h, w), conv_cost(s.c, cout, self.k, h, w, self.g, self.bias)
+        f = 1
+        if not self.per_frame:
+            if s.f == 1:
+                raise SpecError(f"a temporal kernel or stride (kt={self.kt}, st={self.st}) needs a clip, but one "
+                                "frame arrives (start the text @FRAMESxRES)", "kt")
+            f = out_size(s.f, self.kt, self.st, self.tpad)
+            if f < 1:
+                raise SpecError(f"conv collapses the {s.f} frames below 1 (kt={self.kt}, st={self.st}, "
+                                f"pt={self.tpad})", "kt")
+        return Shape(cout, h, w, 0, f), conv_cost(s.c, cout, self.k, h, w, self.g, self.bias, self.kt, f)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
+        if not self.per_frame:
+            return make_conv3d(s.c, self.out_channels(s, ctx), self.k, self.kt, s.f, self.s, self.st, self.g,
+                               self.bias, self.pad, self.tpad)
         return make_conv(s.c, self.out_channels(s, ctx), self.k, self.s, self.g, self.ws, self.bias, self.pad,
                          self.same)
 
@@ -94,6 +128,8 @@ class Conv(Op):
 
 
 class _Norm(Op):
+    per_frame = False  # on each position (bn: its statistics over the frames too, as a 3D batch norm)
+
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return s, norm_cost(s.c)
 
@@ -113,6 +149,7 @@ class GroupNorm(_Norm):
     """Group normalization with gcd(channels, g) groups (g when g divides the channels)."""
 
     kind = "gn"
+    per_frame = True  # each frame's groups normalized over that frame
     g: int = param(32, lo=1, hi=4096, doc="groups (gcd with the channels is used)")
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
@@ -139,6 +176,8 @@ class LayerNorm(_Norm):
 
 
 class _Act(Op):
+    per_frame = False  # on each position
+
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return s, ZERO
 
@@ -230,6 +269,18 @@ class Pad(Op):
         return nn.ZeroPad2d(self.p)
 
 
+class ClipAvgPool(nn.Module):
+    """Average of a clip's maps over frames, rows and columns: (B*F, C, H, W) -> (B, C, 1, 1)."""
+
+    def __init__(self, frames: int):
+        super().__init__()
+        self.frames = frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bf, c = x.shape[:2]
+        return x.view(bf // self.frames, self.frames, c, -1).mean((1, 3))[:, :, None, None]
+
+
 class TokenMean(nn.Module):
     """Average of the grid tokens (prefix tokens left out, as timm's 'avg' pool): (B, 1, C)."""
 
@@ -243,16 +294,20 @@ class TokenMean(nn.Module):
 
 @register
 class GlobalAvgPool(Op):
-    """Global average pooling: of a map to 1x1, of tokens to one token (prefix tokens left out)."""
+    """Global average pooling: of a map to 1x1, of tokens to one token (prefix tokens left out);
+    a clip's frames are pooled too."""
 
     kind = "gap"
     layout = ANY
+    per_frame = False
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return Shape(s.c, 1, 1), ZERO
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return TokenMean(s.t) if ctx.layout == NLC else nn.AdaptiveAvgPool2d(1)
+        if ctx.layout == NLC:
+            return TokenMean(s.t)
+        return ClipAvgPool(s.f) if s.f > 1 else nn.AdaptiveAvgPool2d(1)
 
 
 @register
@@ -260,6 +315,7 @@ class Dropout(Op):
     """Dropout."""
 
     kind = "drop"
+    per_frame = False
     p: float = param(0.0, lo=0.0, hi=0.99, doc="probability")
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
@@ -283,11 +339,13 @@ class FullyConnected(Op):
     kind = "fc"
     layout = ANY
     classifier = True
+    per_frame = False
     bias: bool = param(True, doc="learned bias")
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
-        if s.h != 1 or s.w != 1 or s.t:
+        if s.h != 1 or s.w != 1 or s.t or s.f != 1:
             where = f"{s.t} + {s.h}x{s.w} tokens" if s.t else f"a {s.h}x{s.w} map"
+            where += f" in each of {s.f} frames" if s.f != 1 else ""
             raise SpecError(f"fc needs a pooled input, got {where}: put gap (or token) before it")
         if ctx.num_classes == 0:
             return s, ZERO

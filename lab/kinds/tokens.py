@@ -8,10 +8,13 @@
     distill             DeiT's two classifiers on the class and distillation tokens
 
 Tokens are (B, prefix + H*W, C); the prefix tokens (class, distillation) sit in front of the grid.
+A clip's tokens are (B, prefix + F*H*W, C): position embeddings, prefix tokens and pooling span
+all frames; patch merging works on each frame.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -26,14 +29,21 @@ from lab.layers import adapt_input_channels, resample_grid
 
 
 class PatchEmbed(nn.Module):
-    """(B, C, H, W) -> non-overlapping p x p patches, linearly embedded -> (B, H/p * W/p, dim)."""
+    """(B, C, H, W) -> non-overlapping p x p patches, linearly embedded -> (B, H/p * W/p, dim).
+    On a clip of `frames` (folded into the batch): pt x p x p tubelets -> (B, F/pt * H/p * W/p, dim)."""
 
-    def __init__(self, cin: int, dim: int, p: int):
+    def __init__(self, cin: int, dim: int, p: int, pt: int = 1, frames: int = 1):
         super().__init__()
-        self.proj = nn.Conv2d(cin, dim, p, stride=p)
+        self.frames = frames
+        self.proj = nn.Conv2d(cin, dim, p, stride=p) if pt == 1 else nn.Conv3d(cin, dim, (pt, p, p), stride=(pt, p, p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        if isinstance(self.proj, nn.Conv3d):
+            bf, c, h, w = x.shape
+            x = x.view(bf // self.frames, self.frames, c, h, w).transpose(1, 2)
+            return self.proj(x).flatten(2).transpose(1, 2)
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        return x if self.frames == 1 else x.reshape(-1, self.frames * x.shape[1], x.shape[2])
 
 
 class PrefixToken(nn.Module):
@@ -68,19 +78,20 @@ class PatchMerging(nn.Module):
     """Swin: each 2x2 group of tokens concatenated (4C), normalized and projected (no bias).
     Odd maps are zero-padded on the bottom/right first, as timm does."""
 
-    def __init__(self, h: int, w: int, dim: int, out: int, eps: float):
+    def __init__(self, h: int, w: int, dim: int, out: int, eps: float, frames: int = 1):
         super().__init__()
-        self.h, self.w = h, w
+        self.h, self.w, self.frames = h, w, frames
         self.norm = nn.LayerNorm(4 * dim, eps=eps)
         self.reduction = nn.Linear(4 * dim, out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, c = x.shape
-        x = x.view(b, self.h, self.w, c)
+        c = x.shape[2]
+        x = x.reshape(-1, self.h, self.w, c)  # a clip's frames merge each on its own (space only)
+        b = x.shape[0]
         x = F.pad(x, (0, 0, 0, self.w % 2, 0, self.h % 2))
         h2, w2 = x.shape[1] // 2, x.shape[2] // 2
         # order of the 4C features: (row 0, col 0), (row 1, col 0), (row 0, col 1), (row 1, col 1), as Swin
-        x = x.view(b, h2, 2, w2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h2 * w2, 4 * c)
+        x = x.view(b, h2, 2, w2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b // self.frames, self.frames * h2 * w2, 4 * c)
         return self.reduction(self.norm(x))
 
 
@@ -126,8 +137,10 @@ class Patch(Op):
 
     kind = "patch"
     layout = NCHW
+    per_frame = False  # the tokens of all frames form one sequence
     p: int | None = param(None, lo=1, hi=256, doc="patch size (required; must divide the input)")
     c: int | None = param(None, lo=1, hi=65536, doc="embedding width (default: the stage width, in a transition)")
+    pt: int = param(1, lo=1, hi=64, doc="frames per tubelet, on a clip (must divide its frames)")
 
     def check(self) -> None:
         if self.p is None:
@@ -146,29 +159,32 @@ class Patch(Op):
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         if s.h % self.p or s.w % self.p:
             raise SpecError(f"patch size {self.p} does not divide the {s.h}x{s.w} input", "p")
+        if s.f % self.pt:
+            raise SpecError(f"tubelets of {self.pt} frames do not divide the {s.f} frame(s) of the input", "pt")
         c = self.out_channels(ctx)
-        h, w = s.h // self.p, s.w // self.p
-        return Shape(c, h, w), conv_cost(s.c, c, self.p, h, w, bias=True)
+        h, w, f = s.h // self.p, s.w // self.p, s.f // self.pt
+        return Shape(c, h, w, 0, f), conv_cost(s.c, c, self.p, h, w, bias=True, kt=self.pt, f_out=f)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return PatchEmbed(s.c, self.out_channels(ctx), self.p)
+        return PatchEmbed(s.c, self.out_channels(ctx), self.p, self.pt, s.f)
 
     def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
                      receives_image: bool = False) -> torch.Tensor | None:
         """Pretrained patch filters of the input layer for other image channels (RGB on grey: summed)."""
-        if not receives_image or local != "proj.weight" or value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
+        if not receives_image or local != "proj.weight" or value.dim() != len(shape) or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
             return None
         return adapt_input_channels(value, shape[1])
 
     def widen(self, m: float, channels: Callable[[int], int]) -> "Patch":
-        return self if self.c is None else Patch(self.p, channels(self.c))
+        return self if self.c is None else dataclasses.replace(self, c=channels(self.c))
 
 
 class _PrefixOp(Op):
     layout = NLC
+    per_frame = False  # one token for the whole clip
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
-        return Shape(s.c, s.h, s.w, s.t + 1), Cost(s.c, 0, 0)
+        return s._replace(t=s.t + 1), Cost(s.c, 0, 0)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PrefixToken(s.c, s.t)
@@ -197,17 +213,19 @@ class Position(Op):
 
     kind = "pos"
     layout = NLC
+    per_frame = False  # one position per token of the clip
     n: int | None = param(None, lo=1, hi=1 << 24, doc="number of positions (default: the tokens it receives)")
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
-        n = s.t + s.h * s.w
+        n = s.tokens
         if self.n is not None and self.n != n:
+            grid = f"{s.f}x{s.h}x{s.w}" if s.f > 1 else f"{s.h}x{s.w}"
             raise SpecError(f"position embedding has {self.n} positions, but {n} tokens arrive "
-                            f"({s.t} prefix + {s.h}x{s.w})", "n")
+                            f"({s.t} prefix + {grid})", "n")
         return s, Cost(n * s.c, 0, 0)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return PositionEmbedding(s.t + s.h * s.w, s.c)
+        return PositionEmbedding(s.tokens, s.c)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         return {"pos": ""}  # timm: pos_embed
@@ -215,17 +233,19 @@ class Position(Op):
     def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
                      receives_image: bool = False) -> torch.Tensor | None:
         """A pretrained embedding of another (square) token grid, resampled to this one."""
-        if local != "pos" or value.dim() != 3 or value.shape[2] != shape[2]:
+        if local != "pos" or value.dim() != 3 or value.shape[2] != shape[2] or s.f > 1:
             return None
         return resample_grid(value, s.t, s.h, s.w)
 
 
 @register
 class Merge(Op):
-    """Swin patch merging: halves the grid, concatenates each 2x2 group, LayerNorm(4C), linear to c."""
+    """Swin patch merging: halves the grid, concatenates each 2x2 group, LayerNorm(4C), linear to c
+    (on a clip, each frame's grid: Video Swin merges in space only)."""
 
     kind = "merge"
     layout = NLC
+    per_frame = False  # works on each frame, folding the clip's tokens itself
     c: int | None = param(None, lo=1, hi=65536, doc="output width (default: the stage width, else 2x input)")
     eps: float = param(1e-5, lo=0, hi=1, doc="LayerNorm epsilon")
 
@@ -236,10 +256,10 @@ class Merge(Op):
         _needs_grid("merge", s)
         c = self.out_channels(s, ctx)
         h, w = (s.h + 1) // 2, (s.w + 1) // 2
-        return Shape(c, h, w), norm_cost(4 * s.c) + linear_cost(4 * s.c, c, h * w, bias=False)
+        return Shape(c, h, w, 0, s.f), norm_cost(4 * s.c) + linear_cost(4 * s.c, c, s.f * h * w, bias=False)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
-        return PatchMerging(s.h, s.w, s.c, self.out_channels(s, ctx), self.eps)
+        return PatchMerging(s.h, s.w, s.c, self.out_channels(s, ctx), self.eps, s.f)
 
     def widen(self, m: float, channels: Callable[[int], int]) -> "Merge":
         return self if self.c is None else Merge(channels(self.c), self.eps)
@@ -251,6 +271,7 @@ class TokenPool(Op):
 
     kind = "token"
     layout = NLC
+    per_frame = False
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         if s.t < 1:
@@ -268,6 +289,7 @@ class Distill(Op):
     kind = "distill"
     layout = NLC
     classifier = True
+    per_frame = False
     bias: bool = param(True, doc="learned bias")
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:

@@ -7,6 +7,8 @@ The token mixer is what distinguishes the kinds: global multi-head self-attentio
 ViT/DeiT), a token-mixing MLP (``mixer``, MLP-Mixer), shifted-window attention (``swin``) and
 neighbourhood attention (``nat``). All work on tokens (B, prefix + H*W, C) and keep their width:
 stages change width or resolution through transitions (``/merge``, ``/(conv(k=3,s=2),ln)``).
+On a clip, global attention and the token-mixing MLP span the tokens of all frames (joint
+space-time), shifted windows are 3D (``swin(wt=8)``), neighbourhood attention works on each frame.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class TokenBlock(Block):
         if s.c != width:
             raise SpecError(f"{self.kind} blocks keep their width: {s.c} channels arrive, the stage is {width} "
                             "wide; enter through a transition such as /merge, /patch(p=1) or /conv(k=1)")
-        n = s.t + s.h * s.w
+        n = s.tokens
         hidden = self.hidden(width)
         if hidden < 1:
             raise SpecError(f"MLP ratio {self.mlp:g} leaves no hidden unit at width {width}", "mlp")
@@ -177,6 +179,7 @@ class MHSA(HeadsMixin, TokenBlock):
     """Global multi-head self-attention block (ViT, DeiT): every token attends to every token."""
 
     kind = "mhsa"
+    per_frame = False
     h: int | None = param(None, lo=1, hi=1024, doc="heads (default: width / hd)")
     hd: int = param(64, lo=1, hi=4096, doc="head width (when h is not given)")
     mlp: float = param(4.0, lo=0.0, hi=16, doc="MLP hidden ratio")
@@ -186,7 +189,7 @@ class MHSA(HeadsMixin, TokenBlock):
 
     def mixer_cost(self, s: Shape, width: int) -> Cost:
         self.heads(width)
-        n = s.t + s.h * s.w
+        n = s.tokens
         return attention_cost(width, n, n, self.qkv_bias)
 
     def build_mixer(self, s: Shape, width: int, index: int) -> nn.Module:
@@ -209,6 +212,7 @@ class Mixer(TokenBlock):
     """MLP-Mixer block: a token-mixing MLP (hidden `tok` x width) then a channel MLP."""
 
     kind = "mixer"
+    per_frame = False
     tok: float = param(0.5, lo=0.0, hi=16, doc="token-MLP hidden width as a ratio of the channels")
     mlp: float = param(4.0, lo=0.0, hi=16, doc="channel-MLP hidden ratio")
     act: str = param("gelu", choices=ACT_CHOICES, doc="MLP activation")
@@ -221,11 +225,11 @@ class Mixer(TokenBlock):
         return hidden
 
     def mixer_cost(self, s: Shape, width: int) -> Cost:
-        n, hidden = s.t + s.h * s.w, self.token_hidden(width)
+        n, hidden = s.tokens, self.token_hidden(width)
         return linear_cost(n, hidden, width) + linear_cost(hidden, n, width)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         return {"": "", "mixer.mlp": "mlp_tokens", "mlp": "mlp_channels"} if dialect == "mixer" else None
 
     def build_mixer(self, s: Shape, width: int, index: int) -> nn.Module:
-        return TokenMlp(s.t + s.h * s.w, self.token_hidden(width), self.act)
+        return TokenMlp(s.tokens, self.token_hidden(width), self.act)

@@ -128,7 +128,7 @@ class ScalingGrid:
     max_macs = max_params = None
 
     def __init__(self, arms: list[Arm], fractions: list[float], seeds: list[int], epochs: int, policy: str,
-                 res: int | None, image_size: int, num_classes: int, in_chans: int):
+                 res: int | None, image_size: int, num_classes: int, in_chans: int, frames: int = 1):
         from lab.catalog import entries
         from lab.cost import totals
         from lab.errors import LabError
@@ -141,7 +141,7 @@ class ScalingGrid:
         self.points: dict[str, tuple[Any, int, int, str | None]] = {}
         for i, arm in enumerate(arms):
             try:
-                spec = resolve_arch(arm.arch, res, image_size)   # as `lab train` would: a bare name adopts the data's size
+                spec = resolve_arch(arm.arch, res, image_size, frames)   # as `lab train` would: a bare name adopts the data's size
                 total = totals(spec, num_classes, in_chans)
             except LabError as e:
                 where = f"--archs {arm.arch!r}" if arm.name == arm.arch else f"study archs[{i}].arch"
@@ -176,7 +176,7 @@ class ScalingGrid:
     def over_budget(self, macs: int, params: int) -> str | None:
         return None   # a grid trains what it names
 
-    def check_feasible(self, num_classes: int = 10, in_chans: int = 1) -> float:
+    def check_feasible(self, num_classes: int = 10, in_chans: int = 1, frames: int = 1) -> float:
         return 1.0
 
 

@@ -166,8 +166,8 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
     if config.kind == "scaling":
         space = ScalingGrid(config.arms(), config.fractions, [config.seed + i for i in range(config.seeds)],
                             config.epochs, config.epochs_policy, config.res, data.image_size, data.num_classes,
-                            data.in_chans)
-    space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans)
+                            data.in_chans, data.frames)
+    space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans, frames=data.frames)
     if config.storage:
         _open_storage(config.storage)
     if config.address:

@@ -156,6 +156,7 @@ class LabSearch(OptunaSearch):
             arch_id=point.spec.arch_id if point.spec is not None else None,
             family=result.get("family"), kinds=shape.get("kinds"), layout=shape.get("layout"), stem=shape.get("stem"),
             params=point.params, macs=point.macs, res=point.spec.res if point.spec is not None else None,
+            frames=point.spec.frames if point.spec is not None else None,
             hparams=_choices(point),
             started_at=started_at, finished_at=finished_at,
             epochs_done=result.get("epochs_done", len(epochs or [])),

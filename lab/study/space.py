@@ -35,7 +35,7 @@ from lab.study import space_yaml
 from lab.study.space_expr import FUNCTIONS, Expr, ExprError, Template
 
 SPACE_DIR = Path(lab.__file__).resolve().parents[1] / "search_spaces"
-SPACES = ["conv", "hierarchical", "hybrid", "isotropic"]
+SPACES = ["conv", "hierarchical", "hybrid", "isotropic", "video"]
 
 TOP_KEYS = ("name", "about", "res", "budget", "vars", "stages", "rules", "text", "require", "hparams")
 BUDGET_KEYS = ("max_macs", "max_params", "min_macs", "min_params")
@@ -523,8 +523,10 @@ class Space:
             return f"under budget: {params / 1e6:.2f} M params < {_mega(self.min_params)} M params"
         return None
 
-    def check_feasible(self, num_classes: int = 10, in_chans: int = 1, tries: int = 300, seed: int = 0) -> float:
-        """The share of `tries` random points (Optuna's RandomSampler) that are valid and within budget.
+    def check_feasible(self, num_classes: int = 10, in_chans: int = 1, tries: int = 300, seed: int = 0,
+                       frames: int = 1) -> float:
+        """The share of `tries` random points (Optuna's RandomSampler) that are valid and within budget,
+        and take the data's input: clips (`frames` > 1) for video models, images for image models.
 
         Raises SpaceError when none is: a space whose budget excludes everything fails before any
         study starts.
@@ -538,6 +540,10 @@ class Space:
             ok, kinds, example = 0, Counter(), None
             for _ in range(tries):
                 point = self.sample(study.ask(), num_classes, in_chans)
+                if point.reason is None and (point.spec.frames > 1) != (frames > 1):
+                    point = dataclasses.replace(point, reason=(
+                        f"input mismatch: {'a video' if point.spec.frames > 1 else 'an image'} model, but the "
+                        f"dataset holds {'clips' if frames > 1 else 'images'}"))
                 if point.reason is None:
                     ok += 1
                 else:
@@ -808,7 +814,7 @@ def _mega(x: int) -> str:
 
 
 def _reason_kind(reason: str) -> str:
-    for prefix in ("over budget", "under budget", "SpecError", "constraint fails"):
+    for prefix in ("over budget", "under budget", "SpecError", "constraint fails", "input mismatch"):
         if reason.startswith(prefix):
             return prefix
     return "other"

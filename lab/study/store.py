@@ -55,6 +55,7 @@ TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
     RUN["params"],
     RUN["macs"],
     RUN["res"],
+    RUN["frames"],
     RUN["dataset"],
     RUN["fraction"],
     RUN["n_train"],
@@ -93,7 +94,7 @@ EPOCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in EPOCH_FIEL
 
 # Schema evolution: a column added after stores were first written goes here; a table that lacks
 # it (written by an older lab) reads it as nulls. Every other missing column marks a foreign table.
-ADDED_COLUMNS = frozenset({"worker_seconds"})
+ADDED_COLUMNS = frozenset({"worker_seconds", "frames"})
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)

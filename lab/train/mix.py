@@ -31,7 +31,8 @@ def one_hot_smooth(labels: Tensor, num_classes: int, smoothing: float = 0.0) -> 
 @dataclass(frozen=True)
 class Mix:
     """What one batch gets: `lam` is the weight of the batch's own images (1.0: left alone);
-    `box` = (y0, y1, x0, x1), the half-open pixel box pasted from the flipped batch (CutMix only)."""
+    `box` = (y0, y1, x0, x1), the half-open pixel box pasted from the flipped batch (CutMix only;
+    on the last two dims, so a clip's frames all get the same box)."""
 
     lam: float = 1.0
     box: tuple[int, int, int, int] | None = None
@@ -129,10 +130,11 @@ class Mixer:
         return Mix(lam, box)
 
     def apply(self, images: Tensor, labels: Tensor, mix: Mix) -> tuple[Tensor, Tensor]:
-        """Mix a batch as `mix` says -> (new images, (B, K) soft targets); `images` is not modified."""
-        if images.dim() != 4 or labels.shape != images.shape[:1]:
-            raise ValueError(f"expected images (B, C, H, W) and labels (B,), got {tuple(images.shape)} "
-                             f"and {tuple(labels.shape)}")
+        """Mix a batch of images (B, C, H, W) or clips (B, C, T, H, W) as `mix` says -> (new images,
+        (B, K) soft targets); `images` is not modified."""
+        if images.dim() not in (4, 5) or labels.shape != images.shape[:1]:
+            raise ValueError(f"expected images (B, C, H, W) or clips (B, C, T, H, W) and labels (B,), got "
+                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
         own = one_hot_smooth(labels, self.num_classes, self.smoothing).to(images.device, images.dtype)
         if mix.lam == 1.0:
             return images, own
@@ -142,10 +144,10 @@ class Mixer:
         else:
             y0, y1, x0, x1 = mix.box
             mixed = images.clone()
-            mixed[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
+            mixed[..., y0:y1, x0:x1] = flipped[..., y0:y1, x0:x1]
         return mixed, own * mix.lam + own.flip(0) * (1.0 - mix.lam)
 
     def __call__(self, images: Tensor, labels: Tensor,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """(B, C, H, W) images and (B,) int labels -> (mixed images, (B, K) soft targets)."""
+        """(B, C, H, W) images or (B, C, T, H, W) clips and (B,) int labels -> (mixed, (B, K) soft targets)."""
         return self.apply(images, labels, self.draw(images.shape[-2], images.shape[-1], generator))

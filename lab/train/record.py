@@ -24,8 +24,9 @@ RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("text", pa.string(), "canonical grammar text of the trained point (at the trained resolution)"),
     ("family", pa.string(), "named family, or the block kinds it is made of"),
     ("params", pa.int64(), "parameters of the trained model (its classes and input channels)"),
-    ("macs", pa.int64(), "multiply-accumulates per image at the trained resolution"),
+    ("macs", pa.int64(), "multiply-accumulates per image (per clip, for a video model) at the trained resolution"),
     ("res", pa.int32(), "input resolution"),
+    ("frames", pa.int32(), "frames per input clip of a video model; 1 for images (null in tables written before video)"),
     ("dataset", pa.string(), "dataset string (mnist5k, synthetic:20000, imagefolder:PATH, ...)"),
     ("fraction", pa.float64(), "fraction of the training split used"),
     ("n_train", pa.int64(), "training images used"),
@@ -53,7 +54,7 @@ RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("lab_version", pa.string(), "version of the lab that trained it"),
 ]
 RUN_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in RUN_FIELDS])
-LATER_FIELDS = ("init", "shots")  # added after the first tables were written: null in those
+LATER_FIELDS = ("init", "shots", "frames")  # added after the first tables were written: null in those
 
 
 def append_record(path: str | Path, record: dict) -> None:

@@ -65,8 +65,9 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_arch(arch, res: int | None, dataset_size: int):
-    """The Spec to train: `arch` at `res`; a bare name (no @ multipliers) adopts the dataset's image size."""
+def resolve_arch(arch, res: int | None, dataset_size: int, dataset_frames: int = 1):
+    """The Spec to train: `arch` at `res`; a bare name (no @ multipliers) adopts the dataset's image
+    size (and a video model its clip length). Image models train on images, video models on clips."""
     from lab.catalog import resolve
     from lab.grammar import Spec, scale
 
@@ -74,8 +75,16 @@ def resolve_arch(arch, res: int | None, dataset_size: int):
         spec, explicit = arch, True
     else:
         spec, explicit = resolve(arch), "@" in arch   # grammar text starts with @res; names carry @NNpx
+    name = arch if isinstance(arch, str) and not arch.lstrip().startswith("@") else "this point"
+    if spec.frames == 1 and dataset_frames > 1:
+        raise TrainError(f"{name} is an image model, but the dataset holds clips of {dataset_frames} frames: "
+                         "train a video model (its text starts @FRAMESxRES, like video_swin_t)")
+    if spec.frames > 1 and dataset_frames == 1:
+        raise TrainError(f"{name} is a video model (clips of {spec.frames} frames), but the dataset holds "
+                         "images: use a video dataset such as moving-digits")
     target = res if res is not None else (spec.res if explicit else dataset_size)
-    return spec if target == spec.res else scale(spec, res=target)
+    frames = spec.frames if explicit or spec.frames == 1 else dataset_frames
+    return spec if (target, frames) == (spec.res, spec.frames) else scale(spec, res=target, frames=frames)
 
 
 def _set_dropout(model: nn.Module, p: float) -> None:
@@ -137,7 +146,7 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
     dev = pick_device(device)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, seed=seed, fraction=fraction,
                                                                    root=data_root, size=res)
-    spec = resolve_arch(arch, res, ds.image_size)
+    spec = resolve_arch(arch, res, ds.image_size, ds.frames)
     teacher = None
     if distill_from is not None:
         teacher_model, meta = load_checkpoint(distill_from)
@@ -160,8 +169,8 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
     train_batches = _Epochs(ds.train, batch, seed, dev)
     flip = rec.flip
     train_aug = Augment(ds, res=spec.res, train=True, crop=rec.crop, pad=rec.pad, flip=flip,
-                        scale=(rec.crop_scale, 1.0))
-    eval_aug = Augment(ds, res=spec.res, train=False)
+                        scale=(rec.crop_scale, 1.0), frames=spec.frames)
+    eval_aug = Augment(ds, res=spec.res, train=False, frames=spec.frames)
     val_batches = ds.val.batches(256, shuffle=False, device=dev)
     module = LabModule(model, rec, ds.num_classes, ds.n_train, len(train_batches), train_aug, eval_aug,
                        val_batches, seed, teacher, on_epoch, val_every=math.ceil(rec.epochs / MAX_VALIDATIONS))
@@ -195,7 +204,7 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
     record = {
         "run_id": run_id, "started_at": started, "status": status, "error": error,
         "arch_id": spec.arch_id, "text": spec.text, "family": family_of(spec),
-        "params": report.params, "macs": report.macs, "res": spec.res,
+        "params": report.params, "macs": report.macs, "res": spec.res, "frames": spec.frames,
         "dataset": ds.name, "fraction": ds.fraction, "n_train": ds.n_train,
         "epochs": rec.epochs, "epochs_done": len(module.history), "batch_size": batch, "lr": rec.lr,
         "recipe": rec.name, "recipe_json": json.dumps(rec.to_dict(), sort_keys=True), "seed": seed,

@@ -105,7 +105,7 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
     report = cost(spec, num_classes=ds.num_classes, in_chans=ds.in_chans)
     base = {name: None for name in RUN_SCHEMA.names}
     base.update(status="ok", arch_id=spec.arch_id, text=spec.text, family=family_of(spec), params=report.params,
-                macs=report.macs, res=spec.res, dataset=ds.name, epochs=0, epochs_done=0,
+                macs=report.macs, res=spec.res, frames=spec.frames, dataset=ds.name, epochs=0, epochs_done=0,
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 lab_version=lab.__version__)
     transform = Augment(ds, res=spec.res, train=False)
