@@ -44,6 +44,8 @@ class Net(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.frames > 1:  # frames travel folded into the batch (see lab.kinds.base.Shape)
+            if x.dim() != 5 or x.shape[2] != self.frames:
+                raise ValueError(f"this video model takes clips (B, C, {self.frames}, H, W), got {tuple(x.shape)}")
             b, c, f, h, w = x.shape
             x = x.transpose(1, 2).reshape(b * f, c, h, w)
         return self.stages(self.stem(x))
@@ -90,6 +92,12 @@ def _takes_frame_tokens(step) -> bool:
     """Does a per-frame element receive or hand on a clip's tokens (which must be folded into frames)?"""
     return (step.shape_in.f > 1 and step.element.per_frame
             and NLC in (step.ctx.layout, step.element.layout_out(step.ctx.layout)))
+
+
+def _frames_in_batch(step) -> bool:
+    """Does the element's input carry a clip's frames in its batch dimension? Maps always do;
+    tokens do when a per-frame stage gets them folded."""
+    return step.shape_in.f > 1 and (step.ctx.layout == NCHW or _takes_frame_tokens(step))
 
 
 class StageModule(nn.Module):
@@ -143,16 +151,15 @@ def build(spec: Spec, num_classes: int = 1000, in_chans: int = 3, drop_path: flo
             down += _converter(step)
             units = nn.Sequential(*st.block.build_stage(frame_of(st.block, step.shape_in), st.width, st.depth,
                                                         st.stride, rates[done:done + st.depth]))
-            f = step.shape_in.f
-            if f > 1 and (st.block.per_frame or step.ctx.layout == NCHW):  # the blocks see frames in the batch
-                for m in units.modules():  # stochastic depth drops a clip's branch, not single frames
+            if _frames_in_batch(step):  # stochastic depth drops a clip's branch, not single frames
+                for m in units.modules():
                     if isinstance(m, DropPath):
-                        m.frames = f
+                        m.frames = step.shape_in.f
             placed += [Placement(f"stages.{len(stages)}.blocks.{j}", st.block, "block", len(stages), j, step.shape_in)
                        for j in range(st.depth)]
             done += st.depth
             stages.append(StageModule(nn.Sequential(*down) if down else nn.Identity(), units,
-                                      f if _takes_frame_tokens(step) else 1))
+                                      step.shape_in.f if _takes_frame_tokens(step) else 1))
             down, counts["down"] = [], 0
             num_features = step.shape_out.c
         else:

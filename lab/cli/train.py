@@ -47,10 +47,11 @@ def _macs(macs: int) -> str:
 
 def summary_line(record: dict, label: str) -> str:
     """One line: what was trained on what, its accuracy, its cost and where its weights are."""
-    return (f"{label} [{record['arch_id']}] on {record['dataset']} ({record['n_train']} train images, "
+    unit = "clips" if (record.get("frames") or 1) > 1 else "images"
+    return (f"{label} [{record['arch_id']}] on {record['dataset']} ({record['n_train']} train {unit}, "
             f"{record['epochs_done']} epoch{'s' * (record['epochs_done'] != 1)}, {record['recipe']}): val top-1 {100 * record['val_top1']:.2f}%, "
             f"test top-1 {100 * record['test_top1']:.2f}% | {record['params'] / 1e6:.3f}M params, "
-            f"{_macs(record['macs'])} | {record['train_seconds']:.1f} s, {record['images_per_second']:.0f} img/s | "
+            f"{_macs(record['macs'])} | {record['train_seconds']:.1f} s, {record['images_per_second']:.0f} {'clip' if unit == 'clips' else 'img'}/s | "
             f"{record['checkpoint']}")
 
 
@@ -68,6 +69,8 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         if result.init_note:
             print(f"init: {result.init_note}")
-        label = args.arch if not args.arch.lstrip().startswith("@") else f"@{result.record['res']} point"
+        frames = result.record.get("frames") or 1
+        at = f"{frames}x{result.record['res']}" if frames > 1 else result.record["res"]
+        label = args.arch if not args.arch.lstrip().startswith("@") else f"@{at} point"
         print(summary_line(result.record, label))
     return 0
