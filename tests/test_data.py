@@ -296,15 +296,17 @@ def test_eval_is_normalization_at_native_size_and_a_resize_otherwise():
     torch.testing.assert_close(whole(x, torch.Generator().manual_seed(0)), up)
 
 
-def test_flip_really_mirrors():
-    ds = load("mnist5k")
+@pytest.mark.parametrize("name, res", [("mnist5k", 28), ("moving-digits", 32)])
+def test_flip_really_mirrors(name, res):
+    """Flips mirror whole images, and whole clips (every frame of a clip, or none)."""
+    ds = load(name)
     x = ds.train.images[:64]
-    plain = Augment(ds, res=28, train=False)(x)
-    out = Augment(ds, res=28, crop="none", flip=True)(x, torch.Generator().manual_seed(0))
+    plain = Augment(ds, res=res, train=False)(x)
+    out = Augment(ds, res=res, crop="none", flip=True)(x, torch.Generator().manual_seed(0))
     mirrored = torch.tensor([torch.equal(o, p.flip(-1)) and not torch.equal(o, p) for o, p in zip(out, plain)])
     same = torch.tensor([torch.equal(o, p) for o, p in zip(out, plain)])
     assert bool((mirrored | same).all()) and 16 < int(mirrored.sum()) < 48
-    assert torch.equal(Augment(ds, res=28, crop="none")(x, torch.Generator().manual_seed(0)), plain)  # mnist: no flip by default
+    assert torch.equal(Augment(ds, res=res, crop="none")(x, torch.Generator().manual_seed(0)), plain)  # no flip by default
     assert Augment(load("synthetic:1000"), crop="none").flip
 
 
