@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DropPath", "FramesConv3d", "make_conv3d", "Conv2dSame", "MaxPool2dSame", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "adapt_input_channels", "make_conv", "make_norm",
+__all__ = ["DropPath", "FramesConv3d", "make_conv3d", "Conv2dSame", "MaxPool2dSame", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "adapt_input_channels", "fit_filters", "make_conv", "make_norm",
            "make_act", "resample_grid"]
 
 
@@ -108,7 +108,25 @@ def adapt_input_channels(weight: torch.Tensor, cin: int) -> torch.Tensor:
     c = weight.shape[1]
     if cin == 1:
         return weight.sum(1, keepdim=True)
-    return weight.repeat(1, math.ceil(cin / c), 1, 1)[:, :cin] * (c / cin)
+    reps = [1] * weight.dim()
+    reps[1] = math.ceil(cin / c)
+    return weight.repeat(*reps)[:, :cin] * (c / cin)
+
+
+def fit_filters(weight: torch.Tensor, shape: torch.Size, adapt_channels: bool) -> torch.Tensor | None:
+    """Pretrained conv filters made to fit `shape`, or None: input channels adapted (for the layer
+    that receives the image, `adapt_channels`), and 2D filters (out, in, k, k) inflated to 3D
+    (out, in, kt, k, k) as I3D inflates them: repeated over time and divided by kt, so that a clip
+    of identical frames gives the 2D layer's output (away from zero-padded frame borders)."""
+    if weight.dim() not in (4, 5) or weight.shape[0] != shape[0] or weight.shape[-2:] != shape[-2:]:
+        return None
+    if weight.shape[1] != shape[1]:
+        if not adapt_channels:
+            return None
+        weight = adapt_input_channels(weight, shape[1])
+    if weight.dim() == 4 and len(shape) == 5:
+        weight = weight.unsqueeze(2).repeat(1, 1, shape[2], 1, 1) / shape[2]
+    return weight if weight.shape == shape else None
 
 
 def resample_grid(pos: torch.Tensor, prefix: int, h: int, w: int) -> torch.Tensor | None:

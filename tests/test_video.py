@@ -161,6 +161,14 @@ def test_train_a_video_point_on_moving_digits(tmp_path):
     assert row["status"] == "ok" and row["frames"] == 8 and row["res"] == 32 and row["n_train"] == 200
     assert 0 <= row["test_top1"] <= 1 and row["macs"] == lab.cost(lab.parse(row["text"]), 10, 1).macs
     assert read_records(tmp_path / "runs.parquet").column("frames").to_pylist() == [8]
+    # its checkpoint's frozen features probe clips; images are refused in one line
+    from lab.errors import DataError
+    from lab.train.probe import probe_checkpoint
+
+    probe = probe_checkpoint(result.checkpoint, "moving-digits", shots=(2,), seeds=(0,))
+    assert 0 <= probe["shots"][2]["mean"] <= 1 and probe["features"] == result.model.num_features
+    with pytest.raises(DataError, match="mnist5k holds images, but the checkpoint is a video model"):
+        probe_checkpoint(result.checkpoint, "mnist5k", shots=(1,), seeds=(0,))
     bare = train("@16x32 | patch(p=4,c=16,pt=2) | swin(h=2,w=4,wt=4) 1x16 | ln,gap,fc", "moving-digits",
                  epochs=1, fraction=0.02, out=None)
     assert bare.record["frames"] == 16
@@ -187,3 +195,59 @@ def test_a_video_space_refuses_an_image_dataset():
         load_space("video").check_feasible(tries=30, frames=1)
     with pytest.raises(SpaceError, match="an image model, but the dataset holds clips"):
         load_space("conv").check_feasible(tries=30, frames=16)
+
+
+def test_an_image_swin_inflates_into_a_video_swin():
+    """Video Swin starts from ImageNet Swin weights: patches inflated to tubelets (repeated over time,
+    divided by pt) and the bias tables repeated over the frame offsets. On a clip of identical
+    frames the inflated model gives timm's image Swin's logits on that frame, exactly: each key is
+    repeated over the window's frames with the same bias, which softmax cannot tell apart."""
+    import timm
+    from lab.interop.timm import load_timm
+
+    torch.manual_seed(0)
+    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=24,
+                            depths=(2, 2), num_heads=(1, 2), num_classes=7).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "relative_position_bias_table" in name or "norm" in name:
+                p.normal_()  # large enough to matter (timm starts them at 0.02 std / ones)
+    spec = lab.parse("@8x56 | patch(p=4,c=24,pt=2),ln(eps=1e-05) | swin(hd=24,wt=2) 2x24, 2x48/merge "
+                     "| ln(eps=1e-05),gap,fc")
+    video = lab.build(spec, num_classes=7).eval()
+    attn = video.stages[0].blocks[1].mixer
+    assert attn.window == (2, 7, 7) and attn.shift == (1, 3, 3)   # frames shift too: the masks are 3D
+    report = load_timm(video, ref.state_dict(), "swin", adapt=True)
+    assert len(report.adapted) == 1 + 4 and not report.reinitialized   # the patch filters and 4 bias tables
+    image = torch.randn(2, 3, 56, 56)
+    clip = image.unsqueeze(2).expand(-1, -1, 8, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(video(clip), ref(image), atol=2e-5, rtol=1e-5)
+        # and on a clip that moves, the frames matter
+        assert not torch.allclose(video(torch.randn(2, 3, 8, 56, 56)), video(clip), atol=1e-3)
+    # strict loading without adaptation names the misfits
+    from lab.interop.timm import InteropError
+    with pytest.raises(InteropError, match=r"patch_embed.proj.weight \(24, 3, 4, 4\) vs \(24, 3, 2, 4, 4\)"):
+        load_timm(lab.build(spec, num_classes=7), ref.state_dict(), "swin")
+
+
+def test_2d_filters_inflate_to_3d_convs():
+    """I3D inflation: a 3D ResNet started from a 2D one gives the 2D one's features on a clip of
+    identical frames, away from the zero-padded first and last frames."""
+    from lab.interop.timm import export_timm, load_timm
+
+    torch.manual_seed(0)
+    flat = lab.build(lab.parse("@16 | conv(c=8,k=3,s=2),bn,relu | basic 2x8 | gap,fc"), num_classes=3).eval()
+    with torch.no_grad():
+        for m in flat.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.normal_(), m.running_mean.normal_()  # zero-initialized last norms would hide the convs
+    deep = lab.build(lab.parse("@11x16 | conv(c=8,k=3,s=2,kt=3),bn,relu | basic(kt=3) 2x8 | gap,fc"), num_classes=3)
+    report = load_timm(deep.eval(), export_timm(flat, "resnet"), "resnet", adapt=True)
+    assert len(report.adapted) == 1 + 4   # the stem conv and both convs of both blocks
+    image = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        feats = deep.forward_features(image.unsqueeze(2).expand(-1, -1, 11, -1, -1)).view(2, 11, 8, 8, 8)
+        # five 3-tap convs in a row: the middle frame is the only one no zero-padded frame reaches
+        torch.testing.assert_close(feats[:, 5], flat.forward_features(image), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(feats[:, 0], flat.forward_features(image), atol=1e-3)

@@ -6,12 +6,13 @@ projection shortcut stays a 1x1 conv on each frame.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from lab.errors import SpecError
 from lab.kinds.base import Block, Cost, Shape, conv_cost, norm_cost, out_size, param, register
 from lab.kinds.residual import PostActResidual, make_shortcut, shortcut_cost, zero_init_last_norm
-from lab.layers import init_conv_, make_conv, make_conv3d
+from lab.layers import fit_filters, init_conv_, make_conv, make_conv3d
 
 
 @register
@@ -45,6 +46,13 @@ class Basic(Block):
             return None
         return {"branch.0": "conv1", "branch.1": "bn1", "branch.3": "conv2", "branch.4": "bn2",
                 "shortcut.0": "downsample.0", "shortcut.1": "downsample.1"}
+
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
+                     receives_image: bool = False) -> torch.Tensor | None:
+        """2D filters inflated to the 3 x 3 x kt convs (I3D: a clip of identical frames sees the 2D block)."""
+        if local not in ("branch.0.weight", "branch.3.weight"):
+            return None
+        return fit_filters(value, shape, adapt_channels=False)
 
     def _conv(self, s: Shape, cin: int, cout: int, stride: int) -> nn.Module:
         return make_conv(cin, cout, 3, stride) if self.kt == 1 else make_conv3d(cin, cout, 3, self.kt, s.f, stride)

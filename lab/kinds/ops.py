@@ -19,7 +19,7 @@ from torch import nn
 from lab.errors import SpecError
 from lab.kinds.base import (ANY, NLC, ZERO, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost,
                             out_size, param, register, round_channels)
-from lab.layers import LayerNorm2d, MaxPool2dSame, adapt_input_channels, make_act, make_conv, make_conv3d
+from lab.layers import LayerNorm2d, MaxPool2dSame, fit_filters, make_act, make_conv, make_conv3d
 
 
 def _same(s: Shape, st: int) -> tuple[int, int]:
@@ -116,10 +116,11 @@ class Conv(Op):
 
     def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
                      receives_image: bool = False) -> torch.Tensor | None:
-        """Pretrained filters of the input layer for other image channels (RGB on grey: summed)."""
-        if not receives_image or local != "weight" or self.g != 1 or value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
+        """Pretrained filters for other image channels (the input layer's; RGB on grey: summed), and
+        2D filters inflated to this conv's temporal kernel (I3D)."""
+        if local != "weight":
             return None
-        return adapt_input_channels(value, shape[1])
+        return fit_filters(value, shape, adapt_channels=receives_image and self.g == 1)
 
     def widen(self, m: float, channels: Callable[[int], int]) -> "Conv":
         if self.c is None:

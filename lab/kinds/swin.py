@@ -126,6 +126,16 @@ class Swin(HeadsMixin, TokenBlock):
         table = math.prod(2 * m - 1 for m in window) * heads
         return attention_cost(width, padded, math.prod(window), self.qkv_bias) + Cost(table, 0, 0)
 
+    def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
+                     receives_image: bool = False) -> torch.Tensor | None:
+        """An image Swin's (2M-1)^2 bias table repeated over the 2P-1 frame offsets of 3D windows, as
+        Video Swin starts from ImageNet weights (the frame offset is the table's slowest axis)."""
+        window = self.window(s)
+        plane = (2 * window[1] - 1) * (2 * window[2] - 1)
+        if local != "mixer.relative_position_bias_table" or value.shape != (plane, shape[1]):
+            return None
+        return value.repeat(2 * window[0] - 1, 1) if shape[0] == (2 * window[0] - 1) * plane else None
+
     def build_mixer(self, s: Shape, width: int, index: int) -> nn.Module:
         return WindowAttention(width, self.heads(width), (s.f, s.h, s.w), self.window(s), self.shift_of(s, index),
                                self.qkv_bias)

@@ -23,7 +23,7 @@ from torch import nn
 
 from lab.errors import SpecError
 from lab.kinds.base import NCHW, NLC, ZERO, Context, Cost, Op, Shape, conv_cost, linear_cost, norm_cost, param, register
-from lab.layers import adapt_input_channels, resample_grid
+from lab.layers import fit_filters, resample_grid
 
 # --- modules ---------------------------------------------------------------------------
 
@@ -170,10 +170,11 @@ class Patch(Op):
 
     def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
                      receives_image: bool = False) -> torch.Tensor | None:
-        """Pretrained patch filters of the input layer for other image channels (RGB on grey: summed)."""
-        if not receives_image or local != "proj.weight" or value.dim() != len(shape) or value.shape[0] != shape[0] or value.shape[2:] != shape[2:]:
+        """Pretrained patch filters for other image channels (the input layer's; RGB on grey: summed),
+        and 2D patches inflated to tubelets (Video Swin's start from an image Swin)."""
+        if local != "proj.weight":
             return None
-        return adapt_input_channels(value, shape[1])
+        return fit_filters(value, shape, adapt_channels=receives_image)
 
     def widen(self, m: float, channels: Callable[[int], int]) -> "Patch":
         return self if self.c is None else dataclasses.replace(self, c=channels(self.c))

@@ -86,3 +86,18 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     model = build(parse(meta["text"]), num_classes=meta["num_classes"], in_chans=meta["in_chans"])
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def check_input(meta: dict, ds) -> int:
+    """The frames per input of a checkpoint's model (1: images), after checking that dataset `ds`
+    can feed it: the same input channels, and clips for a video model, images for an image one."""
+    from lab.errors import DataError
+    from lab.grammar import parse
+
+    frames = parse(meta["text"]).frames
+    if ds.in_chans != meta["in_chans"]:
+        raise DataError(f"{ds.name} has {ds.in_chans} input channel(s); the checkpoint expects {meta['in_chans']}")
+    if (frames > 1) != (ds.frames > 1):
+        raise DataError(f"{ds.name} holds {'clips' if ds.frames > 1 else 'images'}, but the checkpoint is "
+                        f"{'a video' if frames > 1 else 'an image'} model")
+    return frames

@@ -210,15 +210,13 @@ def probe_checkpoint(checkpoint, dataset: str, shots: Sequence[int] = (1, 5, 10,
     its train split, accuracy is measured on its test split. Returns few_shot_probe's dict plus the
     checkpoint, dataset and feature width."""
     from lab.data import Augment, load_dataset
-    from lab.train.checkpoint import load_checkpoint
+    from lab.train.checkpoint import check_input, load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     ds = load_dataset(dataset, root=data_root, size=meta["res"])
-    if ds.in_chans != meta["in_chans"]:
-        from lab.errors import DataError
-        raise DataError(f"{dataset} has {ds.in_chans} input channel(s); the checkpoint expects {meta['in_chans']}")
+    frames = check_input(meta, ds)
     model = model.to(device)
-    transform = Augment(ds, res=meta["res"], train=False)
+    transform = Augment(ds, res=meta["res"], train=False, frames=frames)
     train_x, train_y = extract_features(model, ds.train.batches(256, shuffle=False, device=device), transform)
     test_x, test_y = extract_features(model, ds.test.batches(256, shuffle=False, device=device), transform)
     result = few_shot_probe(train_x, train_y, test_x, test_y, shots=shots, seeds=seeds, method=method)

@@ -68,7 +68,7 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
     from lab.cost import cost
     from lab.data import Augment, load_dataset
     from lab.grammar import parse
-    from lab.train.checkpoint import load_checkpoint
+    from lab.train.checkpoint import check_input, load_checkpoint
     from lab.train.probe import extract_features, few_shot_probe
     from lab.train.recipes import recipe
     from lab.train.record import RUN_SCHEMA, append_record
@@ -82,8 +82,7 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
         raise TrainError(f"fine-tune steps must be >= 1, got {steps}")
     model, meta = load_checkpoint(checkpoint)
     ds = load_dataset(dataset, root=data_root, size=meta["res"])
-    if ds.in_chans != meta["in_chans"]:
-        raise DataError(f"{ds.name} has {ds.in_chans} input channel(s); the checkpoint expects {meta['in_chans']}")
+    check_input(meta, ds)
     smallest = int(torch.unique(ds.train.labels, return_counts=True)[1].min())
     if max(shots) > smallest:
         raise DataError(f"{ds.name}: {max(shots)}-shot needs {max(shots)} training images per class; its smallest "
@@ -108,7 +107,7 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
                 macs=report.macs, res=spec.res, frames=spec.frames, dataset=ds.name, epochs=0, epochs_done=0,
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 lab_version=lab.__version__)
-    transform = Augment(ds, res=spec.res, train=False)
+    transform = Augment(ds, res=spec.res, train=False, frames=spec.frames)
     for init in inits:
         if init is None:
             torch.manual_seed(0)
