@@ -88,7 +88,7 @@ def test_weight_standardized_conv_with_one_weight_per_filter(text, in_chans):
     hooks = [m.register_forward_hook(lambda m, i, out, name=name: dead.append(name) if not out.any() else None)
              for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
-        model(torch.randn(2, in_chans, spec.res, spec.res))
+        model(torch.randn(2, *spec.input_shape(in_chans)))
     for h in hooks:
         h.remove()
     assert not dead, f"conv layers output only zeros: {dead}"
@@ -120,7 +120,7 @@ def test_random_inference_on_a_single_image(spec):
     """Every valid point runs in eval mode on a batch of one (no norm is left with a single value)."""
     model = lab.build(spec, num_classes=10).eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 3, spec.res, spec.res)).shape == (1, 10)
+        assert model(torch.randn(1, *spec.input_shape(3))).shape == (1, 10)
 
 
 def test_inference_on_a_single_image():
