@@ -79,7 +79,8 @@ def measured_cost(model: torch.nn.Module, in_chans: int, res: int, frames: int =
     batch, written, na_macs = 2, [], []
     hooks = [m.register_forward_hook(lambda m, i, out: written.append(out.numel()))
              for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))]
-    hooks += [m.register_forward_hook(lambda m, i, out: na_macs.append(2 * m.hp * m.wp * m.kernel ** 2 * out.shape[-1]))
+    hooks += [m.register_forward_hook(  # per call: its batch is the clips' frames for a video model
+        lambda m, i, out: na_macs.append(2 * m.hp * m.wp * m.kernel ** 2 * out.shape[-1] * out.shape[0]))
               for m in model.modules() if isinstance(m, NeighborhoodAttention)]
     dense_factor, na.DENSE_FACTOR = na.DENSE_FACTOR, 0
     try:
@@ -89,4 +90,4 @@ def measured_cost(model: torch.nn.Module, in_chans: int, res: int, frames: int =
         na.DENSE_FACTOR = dense_factor
         for h in hooks:
             h.remove()
-    return counter.get_total_flops() / 2 / batch + sum(na_macs), sum(written) // batch
+    return counter.get_total_flops() / 2 / batch + sum(na_macs) / batch, sum(written) // batch
