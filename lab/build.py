@@ -11,7 +11,7 @@ from lab.cost import steps
 from lab.grammar.spec import Spec
 from lab.grammar.trace import frame_of
 from lab.kinds.base import NCHW, NLC, Kind, Shape
-from lab.layers import DropPath
+from lab.layers import DropPath, fold_frames
 
 
 class Placement(NamedTuple):
@@ -46,8 +46,7 @@ class Net(nn.Module):
         if self.frames > 1:  # frames travel folded into the batch (see lab.kinds.base.Shape)
             if x.dim() != 5 or x.shape[2] != self.frames:
                 raise ValueError(f"this video model takes clips (B, C, {self.frames}, H, W), got {tuple(x.shape)}")
-            b, c, f, h, w = x.shape
-            x = x.transpose(1, 2).reshape(b * f, c, h, w)
+            x = fold_frames(x)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:

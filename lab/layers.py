@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DropPath", "FramesConv3d", "make_conv3d", "Conv2dSame", "MaxPool2dSame", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "adapt_input_channels", "fit_filters", "make_conv", "make_norm",
+__all__ = ["DropPath", "FramesConv3d", "clip_of", "fold_frames", "make_conv3d", "Conv2dSame", "MaxPool2dSame", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "adapt_input_channels", "fit_filters", "make_conv", "make_norm",
            "make_act", "resample_grid"]
 
 
@@ -155,6 +155,18 @@ def make_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, ws:
     return cls(cin, cout, k, stride=stride, padding=p, groups=groups, bias=bias)
 
 
+def clip_of(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """A clip's maps with the frames folded into the batch, (B*F, C, H, W), as (B, C, F, H, W) (a view)."""
+    bf, c, h, w = x.shape
+    return x.view(bf // frames, frames, c, h, w).transpose(1, 2)
+
+
+def fold_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, H, W) -> (B*F, C, H, W): a clip's frames folded into the batch (a copy)."""
+    b, c, f, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * f, c, h, w)
+
+
 class FramesConv3d(nn.Conv3d):
     """A kt x k x k conv over a clip whose `frames` travel folded into the batch:
     (B*F, C, H, W) in, (B*F', C', H', W') out."""
@@ -164,11 +176,7 @@ class FramesConv3d(nn.Conv3d):
         self.frames = frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bf, c, h, w = x.shape
-        x = x.view(bf // self.frames, self.frames, c, h, w).transpose(1, 2)
-        x = super().forward(x)
-        b, c, f, h, w = x.shape
-        return x.transpose(1, 2).reshape(b * f, c, h, w)
+        return fold_frames(super().forward(clip_of(x, self.frames)))
 
 
 def make_conv3d(cin: int, cout: int, k: int, kt: int, frames: int, stride: int = 1, st: int = 1, groups: int = 1,

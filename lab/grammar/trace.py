@@ -42,7 +42,7 @@ def _on_frames(element: Kind, s: Shape, out: Shape, cost: Cost) -> tuple[Shape, 
     """A per-frame element's output and cost over all the frames of `s`."""
     if not element.per_frame or s.f == 1:
         return out, cost
-    return out._replace(f=s.f), Cost(cost.params, cost.macs * s.f, cost.acts * s.f)
+    return out._replace(f=s.f), cost.on_frames(s.f)
 
 
 def _check_frames(element: Kind, s: Shape, path: str) -> None:

@@ -53,6 +53,10 @@ class Cost(NamedTuple):
     def times(self, n: int) -> "Cost":
         return Cost(self.params * n, self.macs * n, self.acts * n)
 
+    def on_frames(self, f: int) -> "Cost":
+        """The cost of one frame's computation run on each of `f` frames with the same weights."""
+        return Cost(self.params, self.macs * f, self.acts * f)
+
 
 ZERO = Cost()
 
@@ -82,6 +86,12 @@ def conv_cost(cin: int, cout: int, k: int, h_out: int, w_out: int, groups: int =
     params = cout * per_out + (cout if bias else 0)
     n_out = cout * h_out * w_out * f_out
     return Cost(params, n_out * per_out, n_out)
+
+
+def check_clip(s: Shape, what: str, field: str) -> None:
+    """A temporal kernel or stride (`what`) needs frames to work across."""
+    if s.f == 1:
+        raise SpecError(f"{what} needs a clip, but one frame arrives (start the text @FRAMESxRES)", field)
 
 
 def linear_cost(fin: int, fout: int, tokens: int = 1, bias: bool = True) -> Cost:

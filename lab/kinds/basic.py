@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import Block, Cost, Shape, conv_cost, norm_cost, out_size, param, register
+from lab.kinds.base import Block, Cost, Shape, check_clip, conv_cost, norm_cost, out_size, param, register
 from lab.kinds.residual import PostActResidual, make_shortcut, shortcut_cost, zero_init_last_norm
 from lab.layers import fit_filters, init_conv_, make_conv, make_conv3d
 
@@ -31,14 +31,12 @@ class Basic(Block):
         return self.kt == 1
 
     def unit(self, s: Shape, width: int, stride: int) -> tuple[Shape, Cost]:
-        if self.kt > 1 and s.f == 1:
-            raise SpecError(f"a temporal kernel (kt={self.kt}) needs a clip, but one frame arrives "
-                            "(start the text @FRAMESxRES)", "kt")
+        if self.kt > 1:
+            check_clip(s, f"a temporal kernel (kt={self.kt})", "kt")
         h, w = out_size(s.h, 3, stride, 1), out_size(s.w, 3, stride, 1)
         cost = (conv_cost(s.c, width, 3, h, w, kt=self.kt, f_out=s.f) + norm_cost(width)
                 + conv_cost(width, width, 3, h, w, kt=self.kt, f_out=s.f) + norm_cost(width))
-        short = shortcut_cost(s.c, width, stride, h, w)
-        cost = cost + Cost(short.params, short.macs * s.f, short.acts * s.f)
+        cost = cost + shortcut_cost(s.c, width, stride, h, w).on_frames(s.f)
         return Shape(width, h, w, 0, s.f), cost
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:

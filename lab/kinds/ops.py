@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import (ANY, NLC, ZERO, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost,
+from lab.kinds.base import (ANY, NLC, ZERO, check_clip, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost,
                             out_size, param, register, round_channels)
-from lab.layers import LayerNorm2d, MaxPool2dSame, fit_filters, make_act, make_conv, make_conv3d
+from lab.layers import LayerNorm2d, MaxPool2dSame, clip_of, fit_filters, make_act, make_conv, make_conv3d
 
 
 def _same(s: Shape, st: int) -> tuple[int, int]:
@@ -60,7 +60,7 @@ class Conv(Op):
         if not self.per_frame and (self.same or self.ws):
             raise SpecError(f"{'same=1' if self.same else 'ws=1'} is for 2D convs: drop it or use kt=1, st=1",
                             "same" if self.same else "ws")
-        if self.pt is not None and self.per_frame and self.pt:
+        if self.per_frame and self.pt:
             raise SpecError("temporal padding needs a temporal kernel or stride (kt or st > 1)", "pt")
 
     @property
@@ -98,9 +98,7 @@ class Conv(Op):
         h, w = _same(s, self.s) if self.same else _spatial(s, self.k, self.s, self.pad, "conv")
         f = 1
         if not self.per_frame:
-            if s.f == 1:
-                raise SpecError(f"a temporal kernel or stride (kt={self.kt}, st={self.st}) needs a clip, but one "
-                                "frame arrives (start the text @FRAMESxRES)", "kt")
+            check_clip(s, f"a temporal kernel or stride (kt={self.kt}, st={self.st})", "kt")
             f = out_size(s.f, self.kt, self.st, self.tpad)
             if f < 1:
                 raise SpecError(f"conv collapses the {s.f} frames below 1 (kt={self.kt}, st={self.st}, "
@@ -278,8 +276,7 @@ class ClipAvgPool(nn.Module):
         self.frames = frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bf, c = x.shape[:2]
-        return x.view(bf // self.frames, self.frames, c, -1).mean((1, 3))[:, :, None, None]
+        return clip_of(x, self.frames).mean((2, 3, 4), keepdim=True)[:, :, 0]
 
 
 class TokenMean(nn.Module):

@@ -23,7 +23,7 @@ from torch import nn
 
 from lab.errors import SpecError
 from lab.kinds.base import NCHW, NLC, ZERO, Context, Cost, Op, Shape, conv_cost, linear_cost, norm_cost, param, register
-from lab.layers import fit_filters, resample_grid
+from lab.layers import clip_of, fit_filters, resample_grid
 
 # --- modules ---------------------------------------------------------------------------
 
@@ -39,9 +39,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.proj, nn.Conv3d):
-            bf, c, h, w = x.shape
-            x = x.view(bf // self.frames, self.frames, c, h, w).transpose(1, 2)
-            return self.proj(x).flatten(2).transpose(1, 2)
+            return self.proj(clip_of(x, self.frames)).flatten(2).transpose(1, 2)
         x = self.proj(x).flatten(2).transpose(1, 2)
         return x if self.frames == 1 else x.reshape(-1, self.frames * x.shape[1], x.shape[2])
 
