@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
@@ -21,9 +20,9 @@ from lab.grammar import generators
 from lab.grammar.scale import scale
 from lab.grammar.spec import Spec
 from lab.grammar.text import parse
+from lab.resources import named_file
 
-SPACES_DIR = Path(os.environ.get("LAB_SPACES", Path(__file__).resolve().parent.parent / "search_spaces"))
-GENERATORS = {"regnet": generators.regnet, "efficientnet": generators.efficientnet}
+GENERATORS: dict[str, Callable[..., str]] = {"regnet": generators.regnet, "efficientnet": generators.efficientnet}
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,11 @@ class Entry:
 
 @functools.cache
 def entries() -> dict[str, Entry]:
-    path = SPACES_DIR / "named.yaml"
+    path = named_file()   # the shipped search_spaces folder, or LAB_SPACES (read at the first call: cached)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise LabError(f"named architectures not found at {path} (set LAB_SPACES to the search_spaces folder)")
+        raise LabError(f"named architectures not found at {path} (set LAB_SPACES to the search_spaces folder)") from None
     out = {}
     for name, e in raw.items():
         gens = [g for g in GENERATORS if g in e]
@@ -119,3 +118,24 @@ def family_of(spec: Spec) -> str:
             return e.family
     kinds = sorted({st.block.kind for st in spec.stages})
     return kinds[0] if len(kinds) == 1 else "hybrid"
+
+
+@functools.cache
+def named_ids(resolutions: tuple[int, ...]) -> dict[str, str]:
+    """arch_id -> name of every named architecture, natively and rescaled to each of
+    `resolutions` at widths 1, 0.5 and 0.25 (what studies on a CPU train: swin_t@28px,w=0.25)."""
+    ids: dict[str, str] = {}
+    for n in names():
+        try:
+            spec = named(n)
+        except LabError:
+            continue
+        ids.setdefault(spec.arch_id, n)
+        for res in resolutions:
+            for w in (1.0, 0.5, 0.25):
+                try:
+                    point = scale(spec, width=w, res=res)
+                except (LabError, ValueError):
+                    continue
+                ids.setdefault(point.arch_id, f"{n}@{res}px" + (f",w={w:g}" if w != 1 else ""))
+    return ids

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from optuna.trial import FixedTrial, TrialState
 
 import lab
-from lab.study.space import SPACE_DIR, SPACES, Point, Space, SpaceError, describe, load_space
+from lab.resources import shipped_spaces, spaces_dir
+from lab.study.space import Point, Space, SpaceError, describe, load_space
 from lab.train.recipes import recipe
 
 CONV_KINDS = {"basic", "bottleneck", "convnext", "dense", "mbconv", "preact"}
@@ -23,6 +24,7 @@ SEEDS = (0, 1, 2)
 N = 200
 # the measured feasible shares (300 RandomSampler points, seed 0) are 0.73-0.88: the floor leaves room for seeds
 FLOOR = 0.5
+SPACE_DIR, SPACES = spaces_dir(), shipped_spaces()   # the shipped folder and its searchable spaces
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,6 +55,7 @@ def samples() -> dict[str, list[tuple[dict, Point]]]:
 def test_shipped_spaces_load():
     files = sorted(p.stem for p in SPACE_DIR.glob("*.yaml") if p.stem != "named")
     assert files == SPACES
+    assert {"conv", "hierarchical", "hybrid", "isotropic", "video"} <= set(SPACES)
     for name in SPACES:
         space = load_space(name)
         assert space.name == name and space.res == (32 if name == "video" else 28)   # video: moving-digits' size

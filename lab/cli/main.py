@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+import lab
 from lab.errors import LabError
 
 
@@ -17,9 +19,18 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def make_parser() -> ArgParser:
-    from lab.cli import arch, dashboard, probe, scale, study, train, transfer
+    from lab.cli import (  # lazy: start-up time
+        arch,
+        dashboard,
+        probe,
+        scale,
+        study,
+        train,
+        transfer,
+    )
 
     parser = ArgParser(prog="lab", description="A neural-architecture search and scaling lab for vision models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {lab.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
     arch.add_parser(sub)
@@ -36,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()   # a reader that went away shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:   # `lab arch list | head`: the reader stopped early; not an error of lab's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141   # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except LabError as e:
         print(f"lab: error: {e}", file=sys.stderr)
         return 2
