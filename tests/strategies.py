@@ -20,6 +20,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 import lab
+import lab.kinds
 
 WIDTHS = (8, 16, 24, 32, 48, 64, 96)
 
@@ -69,8 +70,20 @@ def _stem(draw, video: bool = False) -> str:
     return ",".join(op for op in ops + [norm, act, pool] if op)
 
 
+def conv_kinds() -> list[str]:
+    """Every registered block that is not a token mixer (the registry decides, not a list here)."""
+    return lab.kinds.select(role="block", token_mixer=False)
+
+
+def token_kinds(prefix: bool = False) -> list[str]:
+    """Every registered token mixer; with `prefix`, those that take class/distillation tokens."""
+    return [k for k in lab.kinds.token_mixers() if not (prefix and lab.kinds.REGISTRY[k].needs_grid)]
+
+
 @st.composite
 def _block(draw, kind: str, video: bool = False) -> str:
+    if kind not in CONV_PARAMS:   # a kind without a distribution of its own here: its defaults
+        return kind
     if kind == "basic":
         return draw(_call("basic", {"kt": draw(st.sampled_from([1, 3]))} if video else {}, {"kt": 1}))
     if kind == "bottleneck":
@@ -93,6 +106,9 @@ def _block(draw, kind: str, video: bool = False) -> str:
                                        "ls": draw(st.sampled_from([None, 0.0, 0.1]))}, {"k": 7, "ls": 1e-6}))
     return draw(_call("mbconv", {"e": draw(st.sampled_from([None, 1, 2, 3, 1.5])), "k": draw(st.sampled_from([None, 1, 5])),
                                  "se": draw(st.sampled_from([None, 0.0, 0.5]))}, {"e": 6.0, "se": 0.25}))
+
+
+CONV_PARAMS = ("basic", "bottleneck", "preact", "dense", "convnext", "mbconv")   # kinds _block draws parameters for
 
 
 TRANSITIONS = ("/(bn,relu,conv(k=1,r=0.5),avgpool)", "/avgpool", "/(ln,conv(k=2,s=2))", "/conv(k=1)",
@@ -119,7 +135,7 @@ def _stage(draw, kind: str, first: bool, prev_width: int | None) -> tuple[str, i
 
 @st.composite
 def _group(draw, video: bool = False) -> str:
-    kind = draw(st.sampled_from(["basic", "bottleneck", "preact", "dense", "convnext", "mbconv"]))
+    kind = draw(st.sampled_from(conv_kinds()))
     block = draw(_block(kind, video))
     stages, width = [], None
     for i in range(draw(st.integers(1, 2))):
@@ -137,11 +153,10 @@ def _head(draw) -> str:
     return ",".join(pre + ["gap"] + post + [fc])
 
 
-TOKEN_KINDS = ("mhsa", "swin", "nat", "mixer")
-
-
 @st.composite
 def _token_block(draw, kind: str, video: bool = False) -> str:
+    if kind not in ("mixer", "mhsa", "swin", "nat"):   # a kind without a distribution of its own here
+        return kind
     common = {"mlp": draw(st.sampled_from([None, 1, 2.5])), "ls": draw(st.sampled_from([None, 0.1])),
               "act": draw(st.sampled_from([None, None, "relu", "silu"]))}
     if kind == "mixer":
@@ -163,15 +178,16 @@ TOKEN_ENTRIES = ("/patch(p=1)", "/conv(k=1)", "/(conv(k=3,s=2),ln)", "/merge", "
 
 
 @st.composite
-def _token_group(draw, first_entry: bool, kinds: tuple[str, ...] = TOKEN_KINDS, width: int | None = None,
+def _token_group(draw, first_entry: bool, prefix: bool = False, width: int | None = None,
                  video: bool = False) -> str:
     """Token stages: the first enters through a width-setting transition (unless it directly
-    follows a patchify stem: `first_entry` False), later ones keep the width or merge."""
-    kind = draw(st.sampled_from(kinds))
+    follows a patchify stem: `first_entry` False), later ones keep the width or merge (not
+    after class/distillation tokens: `prefix`)."""
+    kind = draw(st.sampled_from(token_kinds(prefix)))
     width = width or draw(st.sampled_from([8, 16, 32]))
     stages = [f"{draw(st.integers(1, 3))}x{width}{draw(st.sampled_from(TOKEN_ENTRIES)) if first_entry else ''}"]
     if draw(st.booleans()):
-        trans = draw(st.sampled_from(["", "/merge", "/(conv(k=3,s=2),ln)"] if kinds == TOKEN_KINDS else [""]))
+        trans = draw(st.sampled_from([""] if prefix else ["", "/merge", "/(conv(k=3,s=2),ln)"]))
         stages.append(f"{draw(st.integers(1, 2))}x{width * (2 if trans else 1)}{trans}")
     return f"{draw(_token_block(kind, video))} {', '.join(stages)}"
 
@@ -185,7 +201,7 @@ def _token_net(draw, frames: int = 1) -> list[str]:
     pt = draw(st.sampled_from([1, 2] if frames % 2 == 0 else [1]))
     prefix = draw(st.sampled_from(["", "", ",cls", ",cls,dist"]))
     width = draw(st.sampled_from([8, 16, 32]))
-    group = draw(_token_group(False, TOKEN_KINDS if not prefix else ("mhsa", "mixer"), width, video=frames > 1))
+    group = draw(_token_group(False, bool(prefix), width, video=frames > 1))
     tokens = len(prefix.split(",")) - 1 + frames // pt * (res // p) ** 2
     patch = draw(_call("patch", {"p": p, "c": width, "pt": pt if frames > 1 else None}, {"pt": 1}))
     stem = f"{patch}{prefix}{draw(st.sampled_from(['', ',pos', ',pos(n=%d)' % tokens]))}"

@@ -23,7 +23,7 @@ GIANTS = ("bit_r101x3", "bit_r152x4", "wide_resnet101_2", "resnext101_32x8d", "c
 def at_res(name: str, res: int) -> str:
     """A reference to `name` at about `res` px: rounded down to a multiple of its patch size, if it
     patchifies (ViT-H/14 and Mixer-H/14 run at 28 px where the others run at 32)."""
-    patch = next((op.p for op in lab.named(name).stem if op.kind == "patch"), 1)
+    patch = next((op.p for op in lab.named(name).stem if op.patchifies), 1)
     return f"{name}@{res // patch * patch}px"
 
 

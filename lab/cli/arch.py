@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from lab import catalog
-from lab.cli.table import render
 from lab.cost import cost
+from lab.kinds import REGISTRY, traits
+from lab.report.table import render
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +58,7 @@ def _summary(name: str, spec, entry: catalog.Entry | None, classes: int = 1000, 
 
 
 def _timm_layout(timm_name: str) -> str | None:
-    from lab.interop.timm import InteropError, dialect_of
+    from lab.interop.timm import InteropError, dialect_of  # lazy: start-up time
 
     try:
         return dialect_of(timm_name)
@@ -94,10 +96,11 @@ def run_show(args: argparse.Namespace) -> int:
     if entry and entry.timm:
         info["timm_layout"] = _timm_layout(entry.timm)
     rep = cost(spec, args.classes, args.in_chans)
-    stages = [{"stage": r.name, "block": r.block, "depth": r.depth,
-               "res": f"{r.frames}x{r.h}x{r.w}" if r.frames > 1 else f"{r.h}x{r.w}", "channels": r.channels,
-               "tokens": r.tokens, "prefix_tokens": r.prefix, "params": r.params, "macs": r.macs, "acts": r.acts}
-              for r in rep.rows]
+    stages: list[dict[str, Any]] = [
+        {"stage": r.name, "block": r.block, "depth": r.depth,
+         "res": f"{r.frames}x{r.h}x{r.w}" if r.frames > 1 else f"{r.h}x{r.w}", "channels": r.channels,
+         "tokens": r.tokens, "prefix_tokens": r.prefix, "params": r.params, "macs": r.macs, "acts": r.acts}
+        for r in rep.rows]
     if args.json:
         print(json.dumps({**info, "stages": stages}, indent=1))
         return 0
@@ -123,7 +126,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from lab.bench import compare
+    from lab.bench import compare  # lazy: start-up time
 
     result = compare(args.ref, res=args.res, batch=args.batch, device=args.device, steps=args.steps,
                      rounds=args.rounds, vs_timm=args.vs == "timm", channels_last=args.channels_last)
@@ -140,9 +143,21 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_kinds(args: argparse.Namespace) -> int:
-    from lab.kinds import REGISTRY
+LAYOUTS = {"nchw": "maps", "nlc": "tokens", "any": "maps or tokens"}
 
+
+def _traits(cls: type) -> str:
+    """What the lab asks of a kind, in words: the layout it takes, the mixer it is, what it needs."""
+    t = traits(cls)
+    words = [f"on {LAYOUTS.get(t['layout'], t['layout'])}"]
+    if t["role"] == "block":
+        words.append(f"token mixer: {t['mixer_family']}" if t["token_mixer"] else "conv block")
+    words += [w for flag, w in (("needs_grid", "grid only (no class tokens)"), ("patchifies", "patchifies"),
+                                ("classifier", "classifier")) if t[flag]]
+    return "; ".join(words)
+
+
+def run_kinds(args: argparse.Namespace) -> int:
     for role in ("op", "block"):
         print(f"{role}s:")
         for name, cls in sorted(REGISTRY.items()):
@@ -151,4 +166,5 @@ def run_kinds(args: argparse.Namespace) -> int:
             params = ", ".join(f"{p}={'-' if d is None else d}" for p, d, _ in cls.params_doc())
             print(f"  {name}({params})" if params else f"  {name}")
             print(f"      {(cls.__doc__ or '').strip().splitlines()[0]}")
+            print(f"      [{_traits(cls)}]")
     return 0

@@ -14,21 +14,36 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lab.catalog import entries, resolve
+from lab.cost import cost
+from lab.study.space import describe, load_space
 from lab.study.store import EPOCH_SCHEMA, TRIAL_SCHEMA, StudyStore
 
-CONV = ("basic", "bottleneck", "convnext")
-MIXERS = ("mhsa", "swin", "nat", "mixer")
 NAMED = ("resnet18@28px,w=0.25", "swin_t@28px,w=0.25", "convnext_t@32px,w=0.25")
 
 
-def _arch(rng: np.random.Generator) -> dict:
+# the made-up accuracy model: what each kind adds to a synthetic point's accuracy (any other kind: 0)
+KIND_BONUS = {"basic": 0.0, "bottleneck": 0.01, "convnext": 0.015, "mhsa": -0.03, "swin": -0.005, "nat": 0.0,
+              "mixer": -0.04}
+
+
+def _mixers() -> list[str]:
+    """The block kinds the hybrid space chooses among (the registry's conv kinds it names and every token mixer)."""
+    space = load_space("hybrid")
+    assert space.stages is not None  # the hybrid space has per-stage variables
+    return list(next(v for v in space.stages.vars if v.name == "mixer").choices)
+
+
+def _arch(rng: np.random.Generator, mixers: list[str]) -> dict:
     """One random hybrid point: its choices, text, kinds, layout and cost."""
     layout = str(rng.choice(["isotropic", "hierarchical"]))
     stem = str(rng.choice(["conv", "patch"]))
@@ -41,7 +56,7 @@ def _arch(rng: np.random.Generator) -> dict:
         choices["stride"] = int(rng.choice([2, 4]))
     stages, kinds = [], []
     for i in range(n_stages):
-        mixer = str(rng.choice(CONV + MIXERS))
+        mixer = str(rng.choice(mixers))
         depth = int(rng.integers(1, 4))
         choices[f"mixer_{i}"], choices[f"depth_{i}"] = mixer, depth
         if mixer == "bottleneck":
@@ -62,14 +77,8 @@ def _arch(rng: np.random.Generator) -> dict:
             "family": kinds[0] if len(set(kinds)) == 1 else "hybrid"}
 
 
-def _named(name: str) -> dict | None:
-    try:
-        import lab
-        from lab.cost import cost
-        from lab.study.space import describe
-    except Exception:  # noqa: BLE001 - no catalog here: synthetic points only
-        return None
-    spec = lab.resolve(name)
+def _named(name: str) -> dict:
+    spec = resolve(name)
     report = cost(spec, num_classes=10, in_chans=1)
     shape = describe(spec)
     return {"choices": {"named": name.split("@")[0]}, "text": spec.text, "kinds": shape["kinds"],
@@ -77,18 +86,18 @@ def _named(name: str) -> dict | None:
             "res": spec.res, "arch_id": spec.arch_id, "family": name.split("_")[0].rstrip("0123456789")}
 
 
-def synthetic_rows(trials: int, fractions: list[float] = (1.0,), epochs: int = 8, curves: int | None = None,
+def synthetic_rows(trials: int, fractions: Sequence[float] = (1.0,), epochs: int = 8, curves: int | None = None,
                    seed: int = 0, pool: int = 200, named: bool = True,
                    states: tuple[float, float, float, float] = (0.78, 0.12, 0.05, 0.05)) -> tuple[list[dict], dict]:
     """`trials` trial rows (TRIAL_SCHEMA) and {number: epoch rows} for the first `curves` trained ones."""
     rng = np.random.default_rng(seed)
-    archs = [_arch(rng) for _ in range(pool)]
+    mixers = _mixers()
+    archs = [_arch(rng, mixers) for _ in range(pool)]
     if named:
-        archs += [a for a in (_named(n) for n in NAMED) if a is not None]
-    mixer_bonus = {"basic": 0.0, "bottleneck": 0.01, "convnext": 0.015, "mhsa": -0.03, "swin": -0.005, "nat": 0.0,
-                   "mixer": -0.04}
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    rows, curves_of = [], {}
+        archs += [_named(n) for n in NAMED]
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows: list[dict] = []
+    curves_of: dict[int, list[dict]] = {}
     curves = trials if curves is None else curves
     for number in range(trials):
         arch = archs[int(rng.integers(len(archs)))]
@@ -98,7 +107,7 @@ def synthetic_rows(trials: int, fractions: list[float] = (1.0,), epochs: int = 8
         row = {"number": number, "state": state, "arch_id": arch["arch_id"], "text": arch["text"],
                "family": arch["family"], "kinds": arch["kinds"], "layout": arch["layout"], "stem": arch["stem"],
                "params": arch["params"], "macs": arch["macs"], "res": arch["res"], "dataset": "mnist5k",
-               "fraction": fraction, "n_train": int(round(4500 * fraction)), "epochs": epochs, "recipe": "default",
+               "fraction": fraction, "n_train": round(4500 * fraction), "epochs": epochs, "recipe": "default",
                "hparams": {"vars": arch["choices"], "recipe": {"lr": lr}}, "seed": 0,
                "started_at": start + dt.timedelta(minutes=number), "lab_version": "0.1.0"}
         if state == "rejected":
@@ -106,7 +115,7 @@ def synthetic_rows(trials: int, fractions: list[float] = (1.0,), epochs: int = 8
             rows.append(row)
             continue
         quality = (0.04 * math.log(arch["macs"] / 1e6) + 0.05 * math.log10(fraction)
-                   + np.mean([mixer_bonus.get(k, 0) for k in arch["kinds"]]) - 2 * abs(math.log10(lr / 1e-3)) * 0.02)
+                   + np.mean([KIND_BONUS.get(k, 0) for k in arch["kinds"]]) - 2 * abs(math.log10(lr / 1e-3)) * 0.02)
         final = float(np.clip(0.86 + quality + rng.normal(0, 0.015), 0.1, 0.995))
         done = epochs if state == "complete" else int(rng.integers(1, max(2, epochs)))
         curve = [final - (final - 0.3) * math.exp(-0.6 * e) * 0.9 - 0.01 * (epochs - e) / epochs
@@ -129,7 +138,7 @@ def synthetic_rows(trials: int, fractions: list[float] = (1.0,), epochs: int = 8
     return rows, curves_of
 
 
-def write_synthetic_study(folder: str | Path, trials: int, name: str | None = None, fractions: list[float] = (1.0,),
+def write_synthetic_study(folder: str | Path, trials: int, name: str | None = None, fractions: Sequence[float] = (1.0,),
                           objectives: str = "val_acc:max,macs:min", bulk: bool = False, **kw) -> StudyStore:
     """A study folder with `trials` synthetic trials. Fragments through the store's own writers,
     or (bulk) the compacted tables written at once, as a finished study leaves them."""
@@ -140,8 +149,6 @@ def write_synthetic_study(folder: str | Path, trials: int, name: str | None = No
                        "seed": 0})
     rows, curves = synthetic_rows(trials, list(fractions), **kw)
     if bulk:
-        import json
-
         for r in rows:
             r["hparams"] = json.dumps(r["hparams"], sort_keys=True)
         pq.write_table(pa.Table.from_pylist(rows, schema=TRIAL_SCHEMA), store.trials_path)
@@ -156,12 +163,8 @@ def write_synthetic_study(folder: str | Path, trials: int, name: str | None = No
 
 
 def _catalog_family(name: str) -> str | None:
-    try:
-        from lab.catalog import entries
-
-        return entries()[name.split("@")[0]].family
-    except Exception:  # noqa: BLE001 - grammar text, or no catalog
-        return None
+    entry = entries().get(name.split("@")[0])   # None for grammar text
+    return entry.family if entry is not None else None
 
 
 # named point -> (a, b, c): test error = a * n_train^-b + c. The ConvNet leads with little data,
@@ -170,25 +173,25 @@ SCALING_LAWS = {"resnet18@28px,w=0.25": (1.2, 0.35, 0.01), "swin_t@28px,w=0.25":
 
 
 def scaling_rows(laws: dict[str, tuple[float, float, float]] | None = None,
-                 fractions: list[float] = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0), seeds: int = 3, n_full: int = 4500,
+                 fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0), seeds: int = 3, n_full: int = 4500,
                  noise: float = 0.03, seed: int = 0) -> list[dict]:
     """Trial rows (TRIAL_SCHEMA) of a scaling study: every architecture of `laws` (named points,
     or grammar text) at every fraction with `seeds` seeds, its test and validation errors drawn
     as law(n_train) times exp(N(0, noise))."""
     rng = np.random.default_rng(seed)
     rows, number = [], 0
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     for name, (a, b, c) in (laws or SCALING_LAWS).items():
         try:
             arch = _named(name)
-        except Exception:  # noqa: BLE001 - not a named point: a made-up one under that name
+        except Exception:
             arch = None
         arch = arch or {"text": name, "kinds": ["basic"], "layout": "hierarchical", "stem": "conv", "macs": 10**6,
                         "params": 10**4, "res": 28, "family": name.split("@")[0],
                         "arch_id": hashlib.blake2b(name.encode(), digest_size=5).hexdigest()}
         arch["family"] = _catalog_family(name) or arch["family"]
         for fraction in fractions:
-            n_train = int(round(n_full * fraction))
+            n_train = round(n_full * fraction)
             for s in range(seeds):
                 err = (a * n_train ** -b + c) * math.exp(rng.normal(0, noise))
                 val = (a * n_train ** -b + c) * math.exp(rng.normal(0, noise))

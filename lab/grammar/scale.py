@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import math
-
-from lab.errors import SpecError
 from dataclasses import replace
 
+from lab.errors import SpecError
 from lab.grammar.spec import Spec, Stage
 from lab.kinds.base import round_channels
 
@@ -52,11 +51,11 @@ def scale(spec: Spec, width: float = 1.0, depth: float = 1.0, res: int | None = 
         stages.append(Stage(block, d, w, st.stride, down))
     stem = tuple(op.widen(width, channels) for op in spec.stem) if width != 1 else spec.stem
     if patch is not None:
-        if not any(op.kind == "patch" for op in stem):
+        if not any(op.patchifies for op in stem):
             raise SpecError("the patch multiplier needs a stem that patchifies (patch(p=N,...))", "p")
         if not 1 <= patch <= 256:
             raise SpecError(f"patch size must be in 1..256, got {patch}", "p")
-        stem = tuple(replace(op, p=patch) if op.kind == "patch" else op for op in stem)
+        stem = tuple(replace(op, p=patch) if op.patchifies else op for op in stem)
     head = tuple(op.widen(width, channels) for op in spec.head) if width != 1 else spec.head
     return Spec(spec.res if res is None else res, stem, tuple(stages), head,
                 spec.frames if frames is None else frames)

@@ -29,9 +29,6 @@ class Step(NamedTuple):
     convert: str | None  # "nchw->nlc" or "nlc->nchw" when the walk converts before the element
 
 
-_INPLACE_AFTER = frozenset({"bn", "gn", "ln", "conv"})
-
-
 def frame_of(element: Kind, s: Shape) -> Shape:
     """The shape `element` is costed and built on: one frame's, for an element that works on each
     frame of a clip alone; the clip's otherwise."""
@@ -45,10 +42,17 @@ def _on_frames(element: Kind, s: Shape, out: Shape, cost: Cost) -> tuple[Shape, 
     return out._replace(f=s.f), cost.on_frames(s.f)
 
 
-def _check_frames(element: Kind, s: Shape, path: str) -> None:
-    if element.per_frame and s.f > 1 and s.t:
+def _check_prefix(element: Kind, s: Shape, path: str) -> None:
+    """Class/distillation tokens belong to no grid position and no frame: elements that work on the
+    grid, or on each frame alone, cannot take them."""
+    if not s.t:
+        return
+    if element.per_frame and s.f > 1:
         raise SpecError(f"{element.kind} works on each frame alone, but the tokens of the clip carry {s.t} "
                         "prefix token(s) (class/distillation) that belong to no frame", path)
+    if element.needs_grid:
+        raise SpecError(f"{element.kind} works on the token grid, but the tokens carry {s.t} prefix token(s) "
+                        "(class/distillation)", path)
 
 
 def _enter(element: Kind, s: Shape, layout: str, path: str) -> tuple[str, str | None]:
@@ -62,7 +66,7 @@ def _enter(element: Kind, s: Shape, layout: str, path: str) -> tuple[str, str | 
     return need, f"{layout}->{need}"
 
 
-def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Step, ...]:
+def trace(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> tuple[Step, ...]:
     """Walk the spec for an input of `in_chans` x res x res (x frames) and a `num_classes` head."""
     steps: list[Step] = []
     s = Shape(in_chans, spec.res, spec.res, 0, spec.frames)
@@ -75,10 +79,10 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
         # an activation may work in place only on the output of a norm or conv, whose backward
         # does not need it (a ReLU's or a block's output is saved for their backward)
         inplace = (convert is None and bool(steps) and steps[-1].section != "stage"
-                   and steps[-1].element.kind in _INPLACE_AFTER)
+                   and steps[-1].element.inplace_after)
         if layout != c.layout or inplace != c.inplace:
             c = replace(c, layout=layout, inplace=inplace)
-        _check_frames(op, s, path)
+        _check_prefix(op, s, path)
         try:
             out, cost = _on_frames(op, s, *op.shape(frame_of(op, s), c))
         except SpecError as e:
@@ -96,7 +100,7 @@ def trace(spec: "Spec", num_classes: int = 1000, in_chans: int = 3) -> tuple[Ste
         path = f"stages[{si}]"
         layout, convert = _enter(st.block, s, layout, f"{path}.block")
         block_ctx = ctx if layout == ctx.layout else replace(ctx, layout=layout)
-        _check_frames(st.block, s, f"{path}.block")
+        _check_prefix(st.block, s, f"{path}.block")
         try:
             out, cost = _on_frames(st.block, s, *st.block.stage(frame_of(st.block, s), st.width, st.depth,
                                                                 st.stride))

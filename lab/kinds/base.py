@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self, TypeVar
 
 import torch
 from torch import nn
@@ -47,13 +48,13 @@ class Cost(NamedTuple):
     macs: int = 0
     acts: int = 0
 
-    def __add__(self, other: "Cost") -> "Cost":  # type: ignore[override]
+    def __add__(self, other: Cost) -> Cost:  # type: ignore[override]
         return Cost(self.params + other.params, self.macs + other.macs, self.acts + other.acts)
 
-    def times(self, n: int) -> "Cost":
+    def times(self, n: int) -> Cost:
         return Cost(self.params * n, self.macs * n, self.acts * n)
 
-    def on_frames(self, f: int) -> "Cost":
+    def on_frames(self, f: int) -> Cost:
         """The cost of one frame's computation run on each of `f` frames with the same weights."""
         return Cost(self.params, self.macs * f, self.acts * f)
 
@@ -172,16 +173,51 @@ def coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
     return value
 
 
-REGISTRY: dict[str, type["Kind"]] = {}
+REGISTRY: dict[str, type[Kind]] = {}
+
+KindT = TypeVar("KindT", bound="Kind")
 
 
-def register(cls: type["Kind"]) -> type["Kind"]:
+def register(cls: type[KindT]) -> type[KindT]:
     """Make a kind a frozen dataclass and add it to the grammar under its ``kind`` name."""
     cls = dataclass(frozen=True)(cls)
     if cls.kind in REGISTRY:
         raise RuntimeError(f"kind {cls.kind!r} registered twice")
+    if issubclass(cls, Block) and cls.mixer_family not in MIXER_FAMILIES:
+        raise RuntimeError(f"kind {cls.kind!r}: mixer_family {cls.mixer_family!r} is not one of "
+                           f"{', '.join(MIXER_FAMILIES)}")
     REGISTRY[cls.kind] = cls
     return cls
+
+
+def unregister(kind: str) -> None:
+    """Remove a kind from the grammar (a kind registered for a while, as a test's throwaway kind)."""
+    REGISTRY.pop(kind, None)
+
+
+TRAITS = ("layout", "classifier", "per_frame", "patchifies", "inplace_after", "needs_grid", "token_mixer",
+          "mixer_family")
+# the families of token mixing a block may declare (the lecture's table of token mixers)
+MIXER_FAMILIES = ("conv", "global-attention", "window-attention", "neighbourhood-attention", "mlp", "other")
+
+
+def traits(cls: type[Kind]) -> dict[str, Any]:
+    """What the rest of the lab may ask about a kind, by name (search spaces select kinds by these):
+    kind, role, layout, classifier, per_frame, patchifies, inplace_after, needs_grid, and for blocks
+    token_mixer and mixer_family (False and "" for ops). A trait a kind computes from its
+    parameters (per_frame of basic and conv) is read off the kind with its defaults."""
+    out: dict[str, Any] = {"kind": cls.kind, "role": cls.role, "token_mixer": False, "mixer_family": ""}
+    for name in TRAITS:
+        if not hasattr(cls, name):
+            continue
+        value = getattr(cls, name)
+        if isinstance(value, property):
+            try:
+                value = getattr(cls(), name)
+            except SpecError:   # a kind without defaults for every parameter: the trait is unknown
+                value = None
+        out[name] = value
+    return out
 
 
 NCHW, NLC, ANY = "nchw", "nlc", "any"
@@ -198,13 +234,25 @@ class Kind:
 
     kind: ClassVar[str]
     role: ClassVar[str]  # "op" or "block"
-    layout: ClassVar[str] = NCHW
+    # --- traits: what the rest of the lab asks about a kind, declared here and nowhere else ---
+    layout: ClassVar[str] = NCHW  # the layout it takes (`layout_out` gives the one it hands on)
     classifier: ClassVar[bool] = False  # does it produce the logits (a head ends with one)?
     # Does it work on each frame of a clip alone? Then the walk costs it on one frame (times the
     # frames) and the builder hands it one frame's shape; frames ride in the batch. Kinds that mix
     # frames (3D convs and windows, global attention, pooling), or act on each position alone
     # whatever the arrangement (norms, activations), set it False and handle `Shape.f` themselves.
     per_frame: ClassVar[bool] = True
+    # Does it patchify (a map in, tokens of p x p patches out)? Such a kind has a patch size `p`,
+    # which the patch multiplier (`vit_s16@32px,p=4`) sets.
+    patchifies: ClassVar[bool] = False
+    # Does its backward need none of its output? Then an activation right after it may overwrite
+    # that output in place (norms and convs; a ReLU's or a block's output is saved for backward).
+    inplace_after: ClassVar[bool] = False
+    # Does it work on the token grid only (windows, neighbourhoods, 2x2 merging)? The walk refuses
+    # it on tokens that carry class/distillation tokens, which belong to no grid position.
+    needs_grid: ClassVar[bool] = False
+    if TYPE_CHECKING:  # `register` makes each kind a dataclass: dataclasses.fields() and replace() take it
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -223,7 +271,7 @@ class Kind:
         """The layout this element hands on, given the one it received."""
         return layout_in if self.layout == ANY else self.layout
 
-    def widen(self, m: float, channels: Callable[[int], int]) -> "Kind":
+    def widen(self, m: float, channels: Callable[[int], int]) -> Self:
         """This element under width multiplier `m`; `channels` maps an absolute channel count to
         its scaled value, the same one everywhere in the spec (kinds with channel counts override)."""
         return self
@@ -267,6 +315,10 @@ class Block(Kind):
     """
 
     role: ClassVar[str] = "block"
+    # Does it mix tokens by attention or an MLP rather than a convolution (the lecture's token
+    # mixers; the dashboard colours each one apart, every conv kind as "conv")?
+    token_mixer: ClassVar[bool] = False
+    mixer_family: ClassVar[str] = "conv"  # one of MIXER_FAMILIES
 
     def unit(self, s: Shape, width: int, stride: int) -> tuple[Shape, Cost]:
         raise NotImplementedError
@@ -295,4 +347,4 @@ class Block(Kind):
 
 def round_channels(c: float, quantum: int = 8) -> int:
     """Round a scaled channel count to a multiple of `quantum` (at least one quantum)."""
-    return max(quantum, int(round(c / quantum)) * quantum)
+    return max(quantum, round(c / quantum) * quantum)

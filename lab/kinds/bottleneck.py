@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
+from typing import ClassVar
 
 from torch import nn
 
@@ -64,12 +65,12 @@ class Bottleneck(Block):
         return self.g
 
     def se_width(self, cin: int) -> int:
-        return max(1, int(round(cin * self.se))) if self.se else 0
+        return max(1, round(cin * self.se)) if self.se else 0
 
     def width_quantum(self) -> int:
         return quantum_for(self.e, self.gw or self.g)
 
-    def widen(self, m: float, channels: Callable[[int], int]) -> "Bottleneck":
+    def widen(self, m: float, channels: Callable[[int], int]) -> Bottleneck:
         if not self.gw:
             return self
         return dataclasses.replace(self, gw=round_channels(self.gw * m))
@@ -88,7 +89,7 @@ class Bottleneck(Block):
         return Shape(width, h, w), cost
 
     # timm's names of the i-th conv and norm of the branch, and of the shortcut's conv and norm
-    TIMM_NAMES = {"resnet": ("conv{}", "bn{}", "downsample.0", "downsample.1"),
+    TIMM_NAMES: ClassVar[dict[str, tuple[str, str, str, str]]] = {"resnet": ("conv{}", "bn{}", "downsample.0", "downsample.1"),
                   "regnet": ("conv{}.conv", "conv{}.bn", "downsample.conv", "downsample.bn"),
                   "vit_hybrid": ("conv{}", "norm{}", "downsample.conv", "downsample.norm")}
 

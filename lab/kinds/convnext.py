@@ -29,6 +29,7 @@ class ConvNeXtUnit(nn.Module):
             nn.init.trunc_normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
         nn.init.trunc_normal_(self.dwconv.weight, std=0.02)
+        assert self.dwconv.bias is not None  # a Conv2d has a bias by default
         nn.init.zeros_(self.dwconv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

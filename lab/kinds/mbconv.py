@@ -60,7 +60,7 @@ class MBConv(Block):
 
     def se_width(self, cin: int, mid: int) -> int:
         # timm rounds the SE width from the expanded channels: round(mid * se / e)
-        return max(1, int(round(mid * (self.se / self.e)))) if self.se else 0
+        return max(1, round(mid * (self.se / self.e))) if self.se else 0
 
     def unit(self, s: Shape, width: int, stride: int) -> tuple[Shape, Cost]:
         mid = self.mid(s.c)

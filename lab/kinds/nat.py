@@ -50,6 +50,8 @@ class NAT(HeadsMixin, TokenBlock):
     """NAT block: neighbourhood attention (k x k, dilation d), then the MLP."""
 
     kind = "nat"
+    mixer_family = "neighbourhood-attention"
+    needs_grid = True
     norm_eps: ClassVar[float] = 1e-5
     k: int = param(7, lo=1, hi=63, doc="neighbourhood size (odd)")
     d: int = param(1, lo=1, hi=64, doc="dilation")
@@ -66,9 +68,6 @@ class NAT(HeadsMixin, TokenBlock):
             raise SpecError(f"neighbourhood size must be odd, got {self.k}", "k")
 
     def mixer_cost(self, s: Shape, width: int) -> Cost:
-        if s.t:
-            raise SpecError(f"neighbourhood attention works on the token grid, but the tokens carry {s.t} "
-                            "prefix token(s)")
         heads = self.heads(width)
         span = self.k * self.d
         padded = max(s.h, span) * max(s.w, span)

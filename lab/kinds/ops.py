@@ -11,14 +11,29 @@ dropout on each position; gap pools the frames too; fc needs one pooled vector p
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import (ANY, NLC, ZERO, check_clip, Context, Cost, Op, Shape, check_gn, conv_cost, gn_groups, norm_cost,
-                            out_size, param, register, round_channels)
+from lab.kinds.base import (
+    ANY,
+    NLC,
+    ZERO,
+    Context,
+    Cost,
+    Op,
+    Shape,
+    check_clip,
+    check_gn,
+    conv_cost,
+    gn_groups,
+    norm_cost,
+    out_size,
+    param,
+    register,
+)
 from lab.layers import LayerNorm2d, MaxPool2dSame, clip_of, fit_filters, make_act, make_conv, make_conv3d
 
 
@@ -39,6 +54,7 @@ class Conv(Op):
     """Convolution. Output channels: `c`, else `r` x input channels, else the stage width (in a transition)."""
 
     kind = "conv"
+    inplace_after = True
     c: int | None = param(None, lo=1, hi=65536, doc="output channels")
     r: float | None = param(None, lo=0.01, hi=64, doc="output channels as a ratio of the input's")
     k: int = param(3, lo=1, hi=64, doc="kernel size")
@@ -120,7 +136,7 @@ class Conv(Op):
             return None
         return fit_filters(value, shape, adapt_channels=receives_image and self.g == 1)
 
-    def widen(self, m: float, channels: Callable[[int], int]) -> "Conv":
+    def widen(self, m: float, channels: Callable[[int], int]) -> Conv:
         if self.c is None:
             return self
         return dataclasses.replace(self, c=channels(self.c))
@@ -128,6 +144,7 @@ class Conv(Op):
 
 class _Norm(Op):
     per_frame = False  # on each position (bn: its statistics over the frames too, as a 3D batch norm)
+    inplace_after = True
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return s, norm_cost(s.c)

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.errors import SpecError
 from lab.kernels import window as win
 from lab.kinds.base import Cost, Shape, param, register
 from lab.kinds.transformer import ACT_CHOICES, HeadsMixin, TokenBlock, attention_cost
@@ -31,6 +30,8 @@ class WindowAttention(nn.Module):
     windows in one batched call."""
 
     no_weight_decay = ("relative_position_bias_table",)
+    relative_position_index: torch.Tensor  # buffers
+    mask: torch.Tensor | None
 
     def __init__(self, dim: int, heads: int, grid: tuple[int, int, int], window: tuple[int, int, int],
                  shift: tuple[int, int, int], qkv_bias: bool):
@@ -92,6 +93,8 @@ class Swin(HeadsMixin, TokenBlock):
     kind = "swin"
     norm_eps: ClassVar[float] = 1e-5
     per_frame = False  # windows span wt frames (wt = 1: each frame's own windows)
+    mixer_family = "window-attention"
+    needs_grid = True
     w: int = param(7, lo=1, hi=256, doc="window size")
     shift: bool = param(True, doc="shift the windows by w//2 on every second block")
     h: int | None = param(None, lo=1, hi=1024, doc="heads (default: width / hd)")
@@ -117,9 +120,6 @@ class Swin(HeadsMixin, TokenBlock):
         return tuple(0 if n <= m else m // 2 for n, m in zip(*self._sizes(s)))  # type: ignore[return-value]
 
     def mixer_cost(self, s: Shape, width: int) -> Cost:
-        if s.t:
-            raise SpecError(f"window attention works on the token grid, but the tokens carry {s.t} prefix "
-                            "token(s)")
         heads = self.heads(width)
         window = self.window(s)
         padded = math.prod(math.ceil(n / m) * m for n, m in zip((s.f, s.h, s.w), window))

@@ -15,7 +15,7 @@ all frames; patch merging works on each frame.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -124,17 +124,13 @@ class DistilledHead(nn.Module):
 # --- kinds -----------------------------------------------------------------------------
 
 
-def _needs_grid(kind: str, s: Shape) -> None:
-    if s.t:
-        raise SpecError(f"{kind} works on the token grid, but the tokens carry {s.t} prefix token(s)")
-
-
 @register
 class Patch(Op):
     """Patchify: a p x p conv with stride p (and bias), flattened to tokens."""
 
     kind = "patch"
     layout = NCHW
+    patchifies = True
     per_frame = False  # the tokens of all frames form one sequence
     p: int | None = param(None, lo=1, hi=256, doc="patch size (required; must divide the input)")
     c: int | None = param(None, lo=1, hi=65536, doc="embedding width (default: the stage width, in a transition)")
@@ -155,6 +151,7 @@ class Patch(Op):
         return ctx.width
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
+        assert self.p is not None  # check() requires it
         if s.h % self.p or s.w % self.p:
             raise SpecError(f"patch size {self.p} does not divide the {s.h}x{s.w} input", "p")
         if s.f % self.pt:
@@ -164,6 +161,7 @@ class Patch(Op):
         return Shape(c, h, w, 0, f), conv_cost(s.c, c, self.p, h, w, bias=True, kt=self.pt, f_out=f)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
+        assert self.p is not None  # check() requires it
         return PatchEmbed(s.c, self.out_channels(ctx), self.p, self.pt, s.f)
 
     def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
@@ -174,7 +172,7 @@ class Patch(Op):
             return None
         return fit_filters(value, shape, adapt_channels=receives_image)
 
-    def widen(self, m: float, channels: Callable[[int], int]) -> "Patch":
+    def widen(self, m: float, channels: Callable[[int], int]) -> Patch:
         return self if self.c is None else dataclasses.replace(self, c=channels(self.c))
 
 
@@ -244,6 +242,7 @@ class Merge(Op):
 
     kind = "merge"
     layout = NLC
+    needs_grid = True
     per_frame = False  # works on each frame, folding the clip's tokens itself
     c: int | None = param(None, lo=1, hi=65536, doc="output width (default: the stage width, else 2x input)")
     eps: float = param(1e-5, lo=0, hi=1, doc="LayerNorm epsilon")
@@ -252,7 +251,6 @@ class Merge(Op):
         return self.c if self.c is not None else (ctx.width if ctx.width is not None else 2 * s.c)
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
-        _needs_grid("merge", s)
         c = self.out_channels(s, ctx)
         h, w = (s.h + 1) // 2, (s.w + 1) // 2
         return Shape(c, h, w, 0, s.f), norm_cost(4 * s.c) + linear_cost(4 * s.c, c, s.f * h * w, bias=False)
@@ -260,8 +258,8 @@ class Merge(Op):
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PatchMerging(s.h, s.w, s.c, self.out_channels(s, ctx), self.eps, s.f)
 
-    def widen(self, m: float, channels: Callable[[int], int]) -> "Merge":
-        return self if self.c is None else Merge(channels(self.c), self.eps)
+    def widen(self, m: float, channels: Callable[[int], int]) -> Merge:
+        return self if self.c is None else dataclasses.replace(self, c=channels(self.c))
 
 
 @register

@@ -14,7 +14,8 @@ space-time), shifted windows are 3D (``swin(wt=8)``), neighbourhood attention wo
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,12 @@ class TokenBlock(Block):
     `act` and `ls` fields are expected on every subclass."""
 
     layout = NLC
+    token_mixer = True
+    mixer_family = "other"   # each kind names its own family
     norm_eps: ClassVar[float] = 1e-6  # the reference implementations' LayerNorm epsilon
+    mlp: float
+    act: str
+    ls: float
 
     def mixer_cost(self, s: Shape, width: int) -> Cost:
         raise NotImplementedError
@@ -124,9 +130,11 @@ class HeadsMixin:
 
     h: int | None
     hd: int
+    if TYPE_CHECKING:  # mixed into registered kinds, which are dataclasses
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def check(self) -> None:
-        default_hd = type(self).__dataclass_fields__["hd"].default  # type: ignore[attr-defined]
+        default_hd = type(self).__dataclass_fields__["hd"].default
         if self.h is not None and self.hd != default_hd:
             raise SpecError("give either h (heads) or hd (head width), not both", "hd")
 
@@ -142,7 +150,7 @@ class HeadsMixin:
     def width_quantum(self) -> int:
         return self.h if self.h is not None else self.hd
 
-    def widen(self, m: float, channels: Callable[[int], int]):
+    def widen(self, m: float, channels: Callable[[int], int]) -> Self:
         """Under a width multiplier the number of heads stays: the head width scales with the
         width (to a multiple of 8, which stage widths then round to)."""
         if self.h is not None:
@@ -179,6 +187,7 @@ class MHSA(HeadsMixin, TokenBlock):
     """Global multi-head self-attention block (ViT, DeiT): every token attends to every token."""
 
     kind = "mhsa"
+    mixer_family = "global-attention"
     per_frame = False
     h: int | None = param(None, lo=1, hi=1024, doc="heads (default: width / hd)")
     hd: int = param(64, lo=1, hi=4096, doc="head width (when h is not given)")
@@ -212,6 +221,7 @@ class Mixer(TokenBlock):
     """MLP-Mixer block: a token-mixing MLP (hidden `tok` x width) then a channel MLP."""
 
     kind = "mixer"
+    mixer_family = "mlp"
     per_frame = False
     tok: float = param(0.5, lo=0.0, hi=16, doc="token-MLP hidden width as a ratio of the channels")
     mlp: float = param(4.0, lo=0.0, hi=16, doc="channel-MLP hidden ratio")

@@ -2,7 +2,8 @@
 
 An expression is a restricted Python expression: numbers, strings, names, `+ - * / // % **`,
 comparisons (`== != < <= > >= in not in`), `and or not`, `a if c else b`, tuples and lists,
-subscripts (`mixer[-1]`, `width[:2]`) and the functions in `FUNCTIONS`. Nothing else parses (no
+subscripts (`mixer[-1]`, `width[:2]`) and the functions in `FUNCTIONS` (`trait(mixer, 'token_mixer')`
+asks a registered kind for one of its traits). Nothing else parses (no
 attributes, lambdas, comprehensions), so evaluating one can only read the names it was given.
 
 A template is text with `{expression}` holes (`{{` and `}}` for literal braces); each hole's value
@@ -17,10 +18,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from lab.errors import LabError
+from lab.kinds import REGISTRY, traits
+
+
+def trait(kind: str, name: str) -> Any:
+    """The trait `name` of the registered kind `kind` (`trait(mixer, 'token_mixer')`; lab.kinds.traits)."""
+    cls = REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ExprError(f"trait({kind!r}, {name!r}): {kind!r} is not a registered kind")
+    values = traits(cls)
+    if name not in values:
+        raise ExprError(f"trait({kind!r}, {name!r}): unknown trait (traits: {', '.join(sorted(values))})")
+    return values[name]
+
 
 FUNCTIONS: dict[str, Any] = {
     "min": min, "max": max, "abs": abs, "int": int, "float": float, "round": round, "str": str,
-    "len": len, "sum": sum, "any": any, "all": all, "ceil": math.ceil, "floor": math.floor,
+    "len": len, "sum": sum, "any": any, "all": all, "ceil": math.ceil, "floor": math.floor, "trait": trait,
 }
 
 _NODES = (
@@ -63,12 +77,12 @@ class Expr:
 
     def eval(self, scope: Mapping[str, Any]) -> Any:
         try:
-            return eval(self._code, {"__builtins__": {}, **FUNCTIONS}, scope)  # noqa: S307 (validated AST)
+            return eval(self._code, {"__builtins__": {}, **FUNCTIONS}, scope)
         except (ExprError, LabError):  # LabError: a rule read through the scope already failed, with its place
             raise
         except NameError as e:
             raise ExprError(f"{self.source!r}: {e.args[0] if e.args else e}") from None
-        except Exception as e:  # noqa: BLE001 (a division by zero, None + 1, ...)
+        except Exception as e:
             raise ExprError(f"{self.source!r}: {type(e).__name__}: {e}") from None
 
     def __repr__(self) -> str:
