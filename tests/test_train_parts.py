@@ -159,7 +159,7 @@ def test_checkpoint_errors(tmp_path):
 # --- EMA -------------------------------------------------------------------------------------
 
 def test_ema_follows_the_warmup_formula():
-    from lab.train.module import ema_with_warmup
+    from lab.train.callbacks import ema_with_warmup
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(0.9), use_buffers=True)

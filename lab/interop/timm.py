@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lab.build import Net, Placement
 from lab.errors import LabError
+from lab.interop.weights import read_weights
 
 SHOWN = 5  # mismatches named in an error, per category
 
@@ -150,11 +151,11 @@ def key_map(model: Net, dialect: str) -> dict[str, tuple[str, Placement, str]]:
     places: dict[str, tuple[str, Mapping[str, str]]] = {}
     for key, (p, local) in owned.items():
         if p.path not in places:
-            rules = p.element.timm_names(d.name)
-            if rules is None:
+            names = p.element.timm_names(d.name)
+            if names is None:
                 raise InteropError(f"timm's {d.name} models have no counterpart of the {p.element.kind} "
                                    f"element at {p.path}")
-            places[p.path] = (d.place(p), rules)
+            places[p.path] = (d.place(p), names)
         prefix, rules = places[p.path]
         renamed = _rename(local, rules)
         if renamed is None:
@@ -244,9 +245,10 @@ def load_timm(model: Net, state: Mapping[str, Tensor], dialect: str, *, adapt: b
     matched, with equal shapes, else InteropError names the first mismatches of each sort.
 
     With `adapt`, a pretrained start for another task: a classifier of another class count (or
-    none in the checkpoint: timm's feature extractors) is left at its fresh initialization, first-layer filters are adapted to the model's input channels and
-    a position embedding is resampled to the model's token grid. With `new_head` the classifier
-    keeps its fresh initialization whatever its shape (a new task)."""
+    none in the checkpoint: timm's feature extractors) is left at its fresh initialization,
+    first-layer filters are adapted to the model's input channels and a position embedding is
+    resampled to the model's token grid. With `new_head` the classifier keeps its fresh
+    initialization whatever its shape (a new task)."""
     mapping = key_map(model, dialect)
     own = model.state_dict()
     missing, wrong = [], []
@@ -378,8 +380,6 @@ def init_weights(model: Net, source: str, *, dialect: str | None = None, new_hea
         state = pretrained_state_dict(name)
         report = load_timm(model, state, d, adapt=True, new_head=new_head, what=f"timm's {name}")
         return f"timm {name}: {report.summary()}"
-    from lab.train.checkpoint import read_weights
-
     state, meta = read_weights(source)
     if meta is not None:
         return f"{source}: " + load_lab(model, state, new_head=new_head, what=f"checkpoint {source}").summary()

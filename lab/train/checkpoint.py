@@ -2,32 +2,32 @@
 
 `model.pt` holds plain tensors, strings and numbers only, so `torch.load(path, weights_only=True)`
 reads it; `model.safetensors` holds the same tensors with the metadata as strings. Both are written
-to temporary names and renamed, so a checkpoint is either complete or absent.
+to temporary names and renamed (lab.files.atomic_write), so a checkpoint is either complete or absent.
+Reading a checkpoint file's weights is `lab.interop.weights.read_weights` (re-exported here).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lab.errors import TrainError
+from lab.build import build
+from lab.errors import DataError, TrainError
+from lab.files import atomic_write
+from lab.grammar import parse
+from lab.interop.weights import read_weights
+
+if TYPE_CHECKING:
+    from lab.data import Dataset
+
+__all__ = ["META_KEYS", "check_input", "load_checkpoint", "read_weights", "save_checkpoint"]
 
 META_KEYS = ("text", "num_classes", "in_chans", "res", "dataset", "mean", "std", "recipe", "run_id", "lab_version")
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict) -> Path:
@@ -37,49 +37,14 @@ def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {k: meta[k] for k in META_KEYS}
     pt = folder / "model.pt"
-    _atomic(folder / "model.safetensors",
-            lambda p: save_file(state, str(p), metadata={k: json.dumps(v) for k, v in meta.items()}))
-    _atomic(pt, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
+    atomic_write(folder / "model.safetensors",
+                 lambda p: save_file(state, p, metadata={k: json.dumps(v) for k, v in meta.items()}))
+    atomic_write(pt, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
     return pt
-
-
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(state_dict, lab metadata or None) of a checkpoint file: a lab checkpoint (model.pt or
-    model.safetensors, or their folder), or another PyTorch / safetensors state_dict (timm's; a
-    'state_dict', 'model' or 'state_dict_ema' wrapper is unwrapped). TrainError if absent or unreadable."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise TrainError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                raw = fh.metadata() or {}
-                state = {k: fh.get_tensor(k) for k in fh.keys()}
-            return state, ({k: json.loads(v) for k, v in raw.items()} if "text" in raw else None)
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a foreign or truncated file: say which, in one line
-        raise TrainError(f"checkpoint {path} is not readable as a lab checkpoint or a state_dict "
-                         f"({type(e).__name__}: {str(e)[:200]})") from None
-    if isinstance(blob, dict) and isinstance(blob.get("meta"), dict) and "text" in blob["meta"]:
-        return blob["state_dict"], blob["meta"]
-    for wrapper in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(blob, dict) and isinstance(blob.get(wrapper), dict):
-            blob = blob[wrapper]
-            break
-    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise TrainError(f"checkpoint {path} holds no state_dict of tensors")
-    return {k.removeprefix("module."): v for k, v in blob.items()}, None
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """The model saved at `path` (a model.pt or model.safetensors, or their folder), in eval mode, and its metadata."""
-    from lab.build import build
-    from lab.grammar import parse
-
     state, meta = read_weights(path)
     if meta is None:
         raise TrainError(f"checkpoint {path} has no grammar text in its metadata: not a lab checkpoint")
@@ -88,12 +53,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-def check_input(meta: dict, ds) -> int:
+def check_input(meta: dict, ds: Dataset) -> int:
     """The frames per input of a checkpoint's model (1: images), after checking that dataset `ds`
     can feed it: the same input channels, and clips for a video model, images for an image one."""
-    from lab.errors import DataError
-    from lab.grammar import parse
-
     frames = parse(meta["text"]).frames
     if ds.in_chans != meta["in_chans"]:
         raise DataError(f"{ds.name} has {ds.in_chans} input channel(s); the checkpoint expects {meta['in_chans']}")

@@ -2,12 +2,14 @@
 
 Batches arrive as uint8 images already on the device; augmentation, MixUp/CutMix, the loss (with
 DeiT distillation when a teacher is given), the optimizer and its schedule live here. The Trainer
-(lab/train/run.py) holds the engineering: device, precision, clipping, progress bar.
+(lab/train/run.py) holds the engineering: device, precision, clipping, progress bar, validation
+cadence; lab/train/callbacks.py the EMA of the weights and the per-epoch history.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import lightning as L
 import torch
@@ -19,11 +21,13 @@ from lab.train.mix import Mixer, one_hot_smooth
 from lab.train.optim import make_optimizer, make_schedule
 from lab.train.recipes import Recipe
 
+Augmentation = Callable[..., torch.Tensor]   # lab.data.Augment: uint8 batch (and a generator) -> float32 inputs
+
 
 class Diverged(Exception):
     """The training loss stopped being finite; `where` says when."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str) -> None:
         super().__init__(where)
         self.where = where
 
@@ -31,12 +35,12 @@ class Diverged(Exception):
 class Teacher(nn.Module):
     """A frozen classifier whose logits guide distillation; resizes inputs to its own resolution."""
 
-    def __init__(self, model: nn.Module, res: int):
+    def __init__(self, model: nn.Module, res: int) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.res = res
 
-    def train(self, mode: bool = True) -> "Teacher":  # a teacher is always in eval mode
+    def train(self, mode: bool = True) -> Teacher:  # a teacher is always in eval mode
         return super().train(False)
 
     @torch.no_grad()
@@ -46,83 +50,77 @@ class Teacher(nn.Module):
         return self.model(x)
 
 
-def ema_with_warmup(decay: float):
-    """An EMA update for AveragedModel whose decay ramps as min(decay, (1 + n) / (10 + n)) over the n
-    updates so far (timm's EMA warmup): a short run's average is not dominated by the initial weights."""
+class _Scores:
+    """Top-1 and top-5 hits and summed cross-entropy, accumulated batch by batch."""
 
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
-        if not averaged[0].is_floating_point():   # counters such as BatchNorm's num_batches_tracked
-            torch._foreach_copy_(averaged, current)
-            return
-        n = int(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(averaged, current, 1 - d)
+    def __init__(self) -> None:
+        self.correct1 = self.correct5 = self.loss_sum = 0.0
+        self.n = 0
 
-    return update
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches, augment) -> dict:
-    """Top-1, top-5 and mean cross-entropy of `model` (in eval mode) over `batches` of uint8 images."""
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = loss_sum = 0.0
-    n = 0
-    for images, labels in batches:
-        logits = model(augment(images)).float()
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top == labels[:, None]
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        n += labels.numel()
+        self.correct1 += hits[:, 0].sum().item()
+        self.correct5 += hits.any(dim=1).sum().item()
+        self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        self.n += labels.numel()
+
+    def result(self) -> dict:
+        n = max(self.n, 1)
+        return {"top1": self.correct1 / n, "top5": self.correct5 / n, "loss": self.loss_sum / n}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             augment: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    """Top-1, top-5 and mean cross-entropy of `model` (in eval mode) over `batches` of uint8 images."""
+    was_training = model.training
+    model.eval()
+    scores = _Scores()
+    for images, labels in batches:
+        scores.add(model(augment(images)), labels)
     model.train(was_training)
-    n = max(n, 1)
-    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n}
+    return scores.result()
 
 
 class LabModule(L.LightningModule):
+    """Trains `model` with `recipe`; validates `averaged` (the EMA callback's weights) when set, else `model`.
+
+    Training batches are augmented with `train_augment` (random crops and flips drawn from the
+    module's own generator, seeded with `seed`), then mixed (MixUp/CutMix) or label-smoothed as the
+    recipe says. Validation (Lightning's loop: eval mode, no gradients) scores the val batches
+    after `eval_augment`; `last_val` holds the latest result {"top1", "top5", "loss"}. The per-epoch
+    history, the EMA and the last-epoch validation are callbacks (lab.train.callbacks).
+    """
+
     def __init__(self, model: nn.Module, recipe: Recipe, num_classes: int, n_train: int, steps_per_epoch: int,
-                 train_augment, eval_augment, val_batches, seed: int, teacher: Teacher | None = None,
-                 on_epoch=None, val_every: int = 1):
+                 train_augment: Augmentation, eval_augment: Augmentation, seed: int,
+                 teacher: Teacher | None = None) -> None:
         super().__init__()
         self.model = model
         self.recipe = recipe
         self.num_classes = num_classes
         self.steps_per_epoch = steps_per_epoch
         self.train_augment, self.eval_augment = train_augment, eval_augment
-        self.val_batches = val_batches
         self.teacher = teacher
         self.seed = seed
-        self.on_epoch = on_epoch
-        self.val_every = val_every
         self.mixer = (Mixer(num_classes, mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha,
                             smoothing=recipe.label_smoothing) if recipe.mixes(n_train) else None)
-        self.ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warmup(recipe.ema), use_buffers=True)
-                    if recipe.ema > 0 else None)
+        self.averaged: nn.Module | None = None   # set by lab.train.callbacks.EMA (a submodule once set)
         self.generator: torch.Generator | None = None
-        self.train_seconds = 0.0
-        self.images_seen = 0
-        self.last_loss = float("nan")
-        self.history: list[dict] = []
-        self.last_val: dict | None = None   # the last epoch's full validation result (top-1, top-5, loss)
-        self._epoch_start = 0.0
+        self.last_val: dict | None = None   # the latest validation's result (top-1, top-5, loss)
+        self._scores = _Scores()
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights that are evaluated and saved: the EMA when the recipe keeps one."""
-        return self.ema.module if self.ema is not None else self.model
+        """The weights that are validated, evaluated and saved: the EMA when the run keeps one."""
+        return self.averaged if self.averaged is not None else self.model
 
     def on_fit_start(self) -> None:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed)
-
-    def on_train_epoch_start(self) -> None:
-        self._loss_sum = torch.zeros((), device=self.device)
-        self._steps = 0
-        self._epoch_start = time.perf_counter()
 
     def targets(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (possibly mixed) inputs and their targets: class indices, or soft targets when smoothing or mixing."""
@@ -132,7 +130,7 @@ class LabModule(L.LightningModule):
             return x, one_hot_smooth(labels, self.num_classes, self.recipe.label_smoothing)
         return x, labels
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         x, targets = self.targets(self.train_augment(images, generator=self.generator), labels)
         out = self.model(x)
@@ -140,36 +138,27 @@ class LabModule(L.LightningModule):
             loss = distillation_loss(out, targets, self.teacher(x), kind=self.recipe.distill,
                                      tau=self.recipe.tau, lam=self.recipe.lam)
         elif isinstance(out, tuple):  # a distillation head trained without a teacher: both heads learn the labels
-            loss = sum(classification_loss(o, targets) for o in out) / len(out)
+            loss = cast(torch.Tensor, sum(classification_loss(o, targets) for o in out) / len(out))  # a sum of tensors
         else:
             loss = classification_loss(out, targets)
         if not torch.isfinite(loss.detach()):
             raise Diverged(f"loss became {loss.item()} at epoch {self.current_epoch + 1}, step {batch_idx + 1}")
-        self._loss_sum += loss.detach()
-        self._steps += 1
-        self.images_seen += labels.shape[0]
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
+    def on_validation_epoch_start(self) -> None:
+        self._scores = _Scores()
 
-    def on_train_epoch_end(self) -> None:
-        self.train_seconds += time.perf_counter() - self._epoch_start
-        self.last_loss = (self._loss_sum / max(self._steps, 1)).item()
-        number = self.current_epoch + 1
-        top1 = None
-        if number % self.val_every == 0 or number == self.trainer.max_epochs:
-            self.last_val = evaluate(self.eval_model, self.val_batches, self.eval_augment)
-            top1 = self.last_val["top1"]
-            self.log("val_top1", top1, prog_bar=True, logger=False)
-        epoch = {"epoch": number, "loss": self.last_loss, "val_top1": top1, "seconds": self.train_seconds}
-        self.history.append(epoch)
-        self.log("loss", self.last_loss, prog_bar=True, logger=False)
-        if self.on_epoch is not None:
-            self.on_epoch(dict(epoch))
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        # in float32 like `evaluate` (the test split's): bf16-mixed training must not change how val is measured
+        with torch.autocast(images.device.type, enabled=False):
+            self._scores.add(self.eval_model(self.eval_augment(images)), labels)
 
-    def configure_optimizers(self):
+    def on_validation_epoch_end(self) -> None:
+        self.last_val = self._scores.result()
+        self.log("val_top1", self.last_val["top1"], prog_bar=True, logger=False)
+
+    def configure_optimizers(self) -> dict:
         optimizer = make_optimizer(self.model, self.recipe)
         schedule = make_schedule(optimizer, self.recipe, self.steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -22,7 +22,8 @@ def no_decay_names(model: nn.Module) -> set[str]:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     skip = no_decay_names(model)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if name in skip else decay).append(p)

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lab.data import Augment, load_dataset
 from lab.data.split import few_shot
 from lab.kinds.tokens import DistilledHead
+from lab.train.checkpoint import check_input, load_checkpoint
 
 METHODS = ("ridge", "lbfgs")
 
@@ -49,7 +51,7 @@ def features(model: nn.Module, x: Tensor) -> Tensor:
     forward_head(..., pre_logits=True)."""
     head = getattr(model, "head", None)
     if hasattr(model, "forward_features") and isinstance(head, nn.Sequential) and len(head):
-        x = model.forward_features(x)
+        x = model.forward_features(x)  # type: ignore[operator]  # nn.Module.__getattr__ types it Tensor | Module
         *body, last = head
         for module in body:
             x = module(x)
@@ -59,7 +61,7 @@ def features(model: nn.Module, x: Tensor) -> Tensor:
             x = last(x)
         return x.flatten(1)
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-        return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
+        return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)  # type: ignore[operator]  # as above
     raise TypeError(f"cannot take features of a {type(model).__name__}: expected forward_features and "
                     "an nn.Sequential head ending in the classifier (or timm's forward_head(pre_logits=True))")
 
@@ -209,9 +211,6 @@ def probe_checkpoint(checkpoint, dataset: str, shots: Sequence[int] = (1, 5, 10,
     """BiT few-shot probe of a lab checkpoint's frozen features on `dataset`: supports are drawn from
     its train split, accuracy is measured on its test split. Returns few_shot_probe's dict plus the
     checkpoint, dataset and feature width."""
-    from lab.data import Augment, load_dataset
-    from lab.train.checkpoint import check_input, load_checkpoint
-
     model, meta = load_checkpoint(checkpoint)
     ds = load_dataset(dataset, root=data_root, size=meta["res"])
     frames = check_input(meta, ds)

@@ -1,6 +1,9 @@
 """`train()`: one training run of a grammar point on a dataset, from text to a checkpoint and a record.
 
-The CLI (`lab train`) and studies call this same function.
+The CLI (`lab train`) and studies call this same function. It is three steps with typed seams:
+`prepare()` resolves the recipe, device, dataset, architecture, model, teacher and batches into a
+`Prepared`; `fit()` runs Lightning's Trainer on it into a `Fitted` (status, history, timings, the
+final weights); `record()` evaluates the final weights and writes the run down (row, checkpoint).
 """
 
 from __future__ import annotations
@@ -12,15 +15,31 @@ import math
 import resource
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from lab import __version__
+from lab.build import build
+from lab.catalog import family_of, resolve
+from lab.cost import Report, cost
+from lab.data import Augment, Dataset, Split, load_dataset
+from lab.data.split import Batches
 from lab.errors import TrainError
+from lab.grammar import Spec, scale
+from lab.interop.timm import init_weights
+from lab.train.checkpoint import load_checkpoint, save_checkpoint
+from lab.train.recipes import Recipe
+from lab.train.recipes import recipe as make_recipe
+from lab.train.record import append_record
+
+if TYPE_CHECKING:
+    from lab.train.module import Teacher
 
 RUNS_TABLE = "runs.parquet"
 MAX_VALIDATIONS = 16   # a long run validates every k-th epoch (and the last): evaluation stays a small share
@@ -38,24 +57,25 @@ class RunResult:
 class _Epochs:
     """An iterable over a split whose every pass is the next epoch's seeded order (what Lightning iterates)."""
 
-    def __init__(self, split, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, split: Split, batch_size: int, seed: int, device: torch.device) -> None:
         self.split, self.batch_size, self.seed, self.device = split, batch_size, seed, device
         self.epoch = 0
 
-    def _batches(self):
+    def _batches(self) -> Batches:
         return self.split.batches(self.batch_size, shuffle=True, seed=self.seed, epoch=self.epoch,
                                   device=self.device, drop_last=True)
 
     def __len__(self) -> int:
         return len(self._batches())
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self._batches()
         self.epoch += 1
         return iter(batches)
 
 
 def pick_device(device: str) -> torch.device:
+    """The torch device of `--device`: auto (CUDA when available), cpu, cuda or cuda:N."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -65,12 +85,9 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_arch(arch, res: int | None, dataset_size: int, dataset_frames: int = 1):
+def resolve_arch(arch: str | Spec, res: int | None, dataset_size: int, dataset_frames: int = 1) -> Spec:
     """The Spec to train: `arch` at `res`; a bare name (no @ multipliers) adopts the dataset's image
     size (and a video model its clip length). Image models train on images, video models on clips."""
-    from lab.catalog import resolve
-    from lab.grammar import Spec, scale
-
     if isinstance(arch, Spec):
         spec, explicit = arch, True
     else:
@@ -108,47 +125,73 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen distillation teacher
 
 
-def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = None,
-          batch_size: int | None = None, lr: float | None = None, fraction: float = 1.0, seed: int = 0,
-          res: int | None = None, distill_from: str | Path | None = None, init: str | None = None,
-          new_head: bool = False, device: str = "auto",
-          out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False,
-          on_epoch: Callable[[dict], None] | None = None) -> RunResult:
-    """Train `arch` (a name with multipliers, grammar text or a Spec) on `dataset` and record the run.
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a run trains and records, resolved before anything is written (prepare's result)."""
+    recipe: Recipe                    # the preset with the run's overrides
+    device: torch.device
+    dataset: Dataset
+    spec: Spec                        # the architecture at the resolution (and clip length) it trains at
+    model: nn.Module                  # built, seeded, initialized (pretrained when `init`), dropout set
+    teacher: Teacher | None           # the frozen distillation teacher
+    report: Report                    # the analytic cost of `spec`
+    batch_size: int                   # the recipe's, capped at the training split's size
+    train_batches: _Epochs            # every pass is the next epoch's seeded order
+    val_batches: Batches
+    train_aug: Augment
+    eval_aug: Augment
+    seed: int
+    started: datetime                 # when the run began (UTC, to the second): the run id's prefix
+    distill_from: str | None = None   # as given, for the record
+    init: str | None = None
+    init_note: str | None = None      # what a pretrained start loaded and adapted
 
-    `dataset` is a dataset string, or a loaded `lab.data.Dataset` (studies load it once per
-    worker; its own fraction and seed of the training split then apply). The run's row is appended
-    to `out/runs.parquet` and its weights saved in `out/RUN_ID/` (`out=None` keeps nothing on disk).
-    `init` starts from pretrained weights instead of a random initialization: `timm:NAME` or a
-    checkpoint file, lab's or timm's (lab.interop.timm.init_weights; `new_head` re-initializes the
-    classifier even when its shape fits). `on_epoch` is called after every epoch with {"epoch", "loss", "val_top1", "seconds"}; runs of
-    more than 16 epochs validate every ceil(epochs / 16)-th epoch and the last (val_top1 is None
-    on the others). A run
-    whose loss stops being finite is recorded with status "diverged" and raises TrainError; bad
-    input raises a LabError before anything is written.
-    """
-    import lightning as L
+    @property
+    def val_every(self) -> int:
+        """Validate every k-th epoch (and the last): at most MAX_VALIDATIONS or so per run."""
+        return math.ceil(self.recipe.epochs / MAX_VALIDATIONS)
 
-    import lab
-    from lab.catalog import family_of
-    from lab.cost import cost
-    from lab.data import Augment, Dataset, load_dataset
-    from lab.build import build
-    from lab.train.checkpoint import load_checkpoint, save_checkpoint
-    from lab.train.module import Diverged, LabModule, Teacher, evaluate
-    from lab.train.recipes import Recipe, recipe as make_recipe
-    from lab.train.record import append_record
 
-    started = datetime.now(timezone.utc).replace(microsecond=0)
+@dataclass(frozen=True)
+class Fitted:
+    """What the Trainer left (fit's result)."""
+    model: nn.Module                  # the final weights (the EMA when the recipe keeps one), eval mode
+    status: str                       # "ok" or "diverged"
+    error: str | None                 # where the loss stopped being finite
+    history: list[dict]               # per epoch: {"epoch", "loss", "val_top1", "seconds"}
+    last_val: dict | None             # the last validation's {"top1", "top5", "loss"} (the last epoch's when ok)
+    train_seconds: float              # training epochs only: data, augmentation, steps (not validation)
+    images_seen: int
+
+    @property
+    def loss(self) -> float | None:
+        """The last completed epoch's mean training loss."""
+        return self.history[-1]["loss"] if self.history else None
+
+
+def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str | Recipe = "default",
+            epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+            fraction: float = 1.0, seed: int = 0, res: int | None = None, distill_from: str | Path | None = None,
+            init: str | None = None, new_head: bool = False, device: str = "auto",
+            data_root: str | None = None) -> Prepared:
+    """Resolve a run's inputs (train's arguments): the recipe with its overrides, the device, the
+    dataset, the Spec, the seeded model (pretrained when `init`), the teacher, batches and augmentations.
+    Bad input raises a LabError; nothing is written."""
+    import lightning as L  # lazy: start-up time
+
+    started = datetime.now(UTC).replace(microsecond=0)
     rec = recipe if isinstance(recipe, Recipe) else make_recipe(recipe)
-    rec = dataclasses.replace(rec, **{k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr).items()
-                                      if v is not None})
+    overrides: dict[str, Any] = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr).items()
+                                 if v is not None}
+    rec = dataclasses.replace(rec, **overrides)
     dev = pick_device(device)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, seed=seed, fraction=fraction,
                                                                    root=data_root, size=res)
     spec = resolve_arch(arch, res, ds.image_size, ds.frames)
     teacher = None
     if distill_from is not None:
+        from lab.train.module import Teacher  # lazy: start-up time
+
         teacher_model, meta = load_checkpoint(distill_from)
         if meta["num_classes"] != ds.num_classes or meta["in_chans"] != ds.in_chans:
             raise TrainError(f"--distill-from {distill_from}: the teacher has {meta['num_classes']} classes and "
@@ -157,23 +200,40 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
 
     L.seed_everything(seed, verbose=False)
     model = build(spec, num_classes=ds.num_classes, in_chans=ds.in_chans, drop_path=rec.drop_path)
-    init_note = None
-    if init is not None:
-        from lab.interop.timm import init_weights
-        init_note = init_weights(model, str(init), new_head=new_head)
+    init_note = init_weights(model, str(init), new_head=new_head) if init is not None else None
     if rec.dropout is not None:
         _set_dropout(model, rec.dropout)
     report = cost(spec, num_classes=ds.num_classes, in_chans=ds.in_chans)
 
     batch = min(rec.batch_size, ds.n_train)
     train_batches = _Epochs(ds.train, batch, seed, dev)
-    flip = rec.flip
-    train_aug = Augment(ds, res=spec.res, train=True, crop=rec.crop, pad=rec.pad, flip=flip,
+    train_aug = Augment(ds, res=spec.res, train=True, crop=rec.crop, pad=rec.pad, flip=rec.flip,
                         scale=(rec.crop_scale, 1.0), frames=spec.frames)
     eval_aug = Augment(ds, res=spec.res, train=False, frames=spec.frames)
-    val_batches = ds.val.batches(256, shuffle=False, device=dev)
-    module = LabModule(model, rec, ds.num_classes, ds.n_train, len(train_batches), train_aug, eval_aug,
-                       val_batches, seed, teacher, on_epoch, val_every=math.ceil(rec.epochs / MAX_VALIDATIONS))
+    return Prepared(
+        recipe=rec, device=dev, dataset=ds, spec=spec, model=model, teacher=teacher, report=report,
+        batch_size=batch, train_batches=train_batches, val_batches=ds.val.batches(256, shuffle=False, device=dev),
+        train_aug=train_aug, eval_aug=eval_aug, seed=seed, started=started,
+        distill_from=str(distill_from) if distill_from is not None else None,
+        init=str(init) if init is not None else None, init_note=init_note,
+    )
+
+
+def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> Fitted:
+    """Train `prepared.model` with Lightning's Trainer: validation every `val_every`-th epoch and the
+    last, the EMA and the history as callbacks. A non-finite loss stops training (status "diverged")."""
+    import lightning as L  # lazy: start-up time
+
+    from lab.train.callbacks import EMA, EpochHistory, ValidateLastEpoch  # lazy: start-up time
+    from lab.train.module import Diverged, LabModule  # lazy: start-up time
+
+    p, rec, dev = prepared, prepared.recipe, prepared.device
+    module = LabModule(p.model, rec, p.dataset.num_classes, p.dataset.n_train, len(p.train_batches),
+                       p.train_aug, p.eval_aug, p.seed, p.teacher)
+    history = EpochHistory(on_epoch)
+    callbacks: list[L.Callback] = [history, ValidateLastEpoch()]
+    if rec.ema > 0:
+        callbacks.append(EMA(rec.ema))
 
     _quiet_lightning()
     if dev.type == "cuda":
@@ -184,53 +244,89 @@ def train(arch, dataset="mnist5k", *, recipe="default", epochs: int | None = Non
         max_epochs=rec.epochs,
         precision="bf16-mixed" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "32-true",
         gradient_clip_val=rec.grad_clip or None,
-        logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=progress, num_sanity_val_steps=0, limit_val_batches=0,
-        log_every_n_steps=max(1, min(50, len(train_batches))), default_root_dir=None,
+        check_val_every_n_epoch=p.val_every, num_sanity_val_steps=0,
+        inference_mode=False,   # validate under no_grad: tensors cached in eval (lru_cache'd masks) stay trainable
+        callbacks=callbacks, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=progress,
+        log_every_n_steps=max(1, min(50, len(p.train_batches))), default_root_dir=None,
     )
     status, error = "ok", None
     try:
-        trainer.fit(module, train_dataloaders=train_batches)
+        trainer.fit(module, train_dataloaders=p.train_batches, val_dataloaders=p.val_batches)
     except Diverged as e:
         status, error = "diverged", e.where
+    return Fitted(model=module.eval_model.eval(), status=status, error=error, history=history.history,
+                  last_val=module.last_val, train_seconds=history.train_seconds, images_seen=history.images_seen)
 
-    run_id = f"{started:%Y%m%d-%H%M%S}-{spec.arch_id}-{uuid.uuid4().hex[:6]}"
-    final = module.eval_model.eval()
+
+def record(prepared: Prepared, fitted: Fitted, out: str | Path | None = "runs") -> RunResult:
+    """Evaluate the final weights (val: the last epoch's validation, reused; test), build the run's
+    row and, unless `out` is None, save the checkpoint in `out/RUN_ID/` (when the run is ok) and
+    append the row to `out/runs.parquet`. A diverged run gets its row too (status "diverged")."""
+    from lab.train.module import evaluate  # lazy: start-up time
+
+    p, f, rec, ds, spec, dev = prepared, fitted, prepared.recipe, prepared.dataset, prepared.spec, prepared.device
+    run_id = f"{p.started:%Y%m%d-%H%M%S}-{spec.arch_id}-{uuid.uuid4().hex[:6]}"
     val = test = {"top1": None, "top5": None, "loss": None}
-    if status == "ok":
+    if f.status == "ok":
         # the weights have not changed since the last epoch's validation: reuse it
-        val = module.last_val or evaluate(final, val_batches, eval_aug)
-        test = evaluate(final, ds.test.batches(256, shuffle=False, device=dev), eval_aug)
-    record = {
-        "run_id": run_id, "started_at": started, "status": status, "error": error,
+        val = f.last_val or evaluate(f.model, p.val_batches, p.eval_aug)
+        test = evaluate(f.model, ds.test.batches(256, shuffle=False, device=dev), p.eval_aug)
+    row = {
+        "run_id": run_id, "started_at": p.started, "status": f.status, "error": f.error,
         "arch_id": spec.arch_id, "text": spec.text, "family": family_of(spec),
-        "params": report.params, "macs": report.macs, "res": spec.res, "frames": spec.frames,
+        "params": p.report.params, "macs": p.report.macs, "res": spec.res, "frames": spec.frames,
         "dataset": ds.name, "fraction": ds.fraction, "n_train": ds.n_train,
-        "epochs": rec.epochs, "epochs_done": len(module.history), "batch_size": batch, "lr": rec.lr,
-        "recipe": rec.name, "recipe_json": json.dumps(rec.to_dict(), sort_keys=True), "seed": seed,
-        "distill_from": str(distill_from) if distill_from is not None else None,
-        "init": str(init) if init is not None else None, "shots": ds.shots,
+        "epochs": rec.epochs, "epochs_done": len(f.history), "batch_size": p.batch_size, "lr": rec.lr,
+        "recipe": rec.name, "recipe_json": json.dumps(rec.to_dict(), sort_keys=True), "seed": p.seed,
+        "distill_from": p.distill_from, "init": p.init, "shots": ds.shots,
         "val_top1": val["top1"], "val_top5": val["top5"], "test_top1": test["top1"], "test_top5": test["top5"],
-        "loss": module.last_loss if module.history else None, "val_loss": val["loss"],
-        "train_seconds": module.train_seconds,
-        "images_per_second": module.images_seen / module.train_seconds if module.train_seconds > 0 else None,
+        "loss": f.loss, "val_loss": val["loss"],
+        "train_seconds": f.train_seconds,
+        "images_per_second": f.images_seen / f.train_seconds if f.train_seconds > 0 else None,
         "peak_memory": _peak_memory(dev),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "checkpoint": None, "lab_version": lab.__version__,
+        "checkpoint": None, "lab_version": __version__,
     }
     checkpoint = None
     if out is not None:
         out = Path(out)
-        if status == "ok":
+        if f.status == "ok":
             meta = {"text": spec.text, "num_classes": ds.num_classes, "in_chans": ds.in_chans, "res": spec.res,
                     "dataset": ds.name, "mean": list(ds.mean), "std": list(ds.std), "recipe": rec.name,
-                    "run_id": run_id, "lab_version": lab.__version__}
-            checkpoint = save_checkpoint(out / run_id, final, meta)
-            record["checkpoint"] = str(checkpoint)
-        append_record(out / RUNS_TABLE, record)
-    if status != "ok":
-        where = f"; recorded as {run_id} in {out / RUNS_TABLE}" if out is not None else ""
-        failure = TrainError(f"training diverged: {error}{where}")
-        failure.record = record   # studies keep the row of a failed trial too
+                    "run_id": run_id, "lab_version": __version__}
+            checkpoint = save_checkpoint(out / run_id, f.model, meta)
+            row["checkpoint"] = str(checkpoint)
+        append_record(out / RUNS_TABLE, row)
+    return RunResult(row, f.model, checkpoint, f.history, p.init_note)
+
+
+def train(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str | Recipe = "default",
+          epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+          fraction: float = 1.0, seed: int = 0, res: int | None = None, distill_from: str | Path | None = None,
+          init: str | None = None, new_head: bool = False, device: str = "auto",
+          out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False,
+          on_epoch: Callable[[dict], None] | None = None) -> RunResult:
+    """Train `arch` (a name with multipliers, grammar text or a Spec) on `dataset` and record the run.
+
+    `dataset` is a dataset string, or a loaded `lab.data.Dataset` (studies load it once per
+    worker; its own fraction and seed of the training split then apply). The run's row is appended
+    to `out/runs.parquet` and its weights saved in `out/RUN_ID/` (`out=None` keeps nothing on disk).
+    `init` starts from pretrained weights instead of a random initialization: `timm:NAME` or a
+    checkpoint file, lab's or timm's (lab.interop.timm.init_weights; `new_head` re-initializes the
+    classifier even when its shape fits). `on_epoch` is called after every epoch with
+    {"epoch", "loss", "val_top1", "seconds"}; runs of more than 16 epochs validate every
+    ceil(epochs / 16)-th epoch and the last (val_top1 is None on the others). A run
+    whose loss stops being finite is recorded with status "diverged" and raises TrainError; bad
+    input raises a LabError before anything is written.
+    """
+    prepared = prepare(arch, dataset, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, fraction=fraction,
+                       seed=seed, res=res, distill_from=distill_from, init=init, new_head=new_head, device=device,
+                       data_root=data_root)
+    result = record(prepared, fit(prepared, progress, on_epoch), out)
+    if result.record["status"] != "ok":
+        where = f"; recorded as {result.record['run_id']} in {Path(out) / RUNS_TABLE}" if out is not None else ""
+        failure = TrainError(f"training diverged: {result.record['error']}{where}")
+        failure.record = result.record   # studies keep the row of a failed trial too
         raise failure
-    return RunResult(record, final, checkpoint, module.history, init_note)
+    return result

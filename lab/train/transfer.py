@@ -16,12 +16,25 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
+from lab import __version__
+from lab.build import build
+from lab.catalog import family_of
+from lab.cost import cost
+from lab.data import Augment, load_dataset
 from lab.errors import DataError, TrainError
+from lab.grammar import parse
+from lab.train.checkpoint import check_input, load_checkpoint
+from lab.train.probe import extract_features, few_shot_probe
+from lab.train.recipes import recipe
+from lab.train.record import RUN_SCHEMA, append_record
+from lab.train.run import RUNS_TABLE, pick_device, train
 
 PROBE = "probe"
 FINETUNE = "bit-finetune"
@@ -45,7 +58,7 @@ class TransferResult:
 
 def _probe_record(base: dict, ds, k: int, seed: int, init: str | None, method: str, l2, accuracy: float,
                   seconds: float) -> dict:
-    started = datetime.now(timezone.utc).replace(microsecond=0)
+    started = datetime.now(UTC).replace(microsecond=0)
     return {**base, "run_id": f"{started:%Y%m%d-%H%M%S}-{base['arch_id']}-probe-{uuid.uuid4().hex[:6]}",
             "started_at": started, "n_train": k * ds.num_classes, "fraction": k * ds.num_classes / ds.n_train,
             "recipe": PROBE, "recipe_json": json.dumps({"method": method, "l2": l2}), "seed": seed,
@@ -62,17 +75,6 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
     initialized baseline unless `baseline` is False. Fine-tunes run `steps` optimizer steps of the
     bit-finetune recipe (BiT-HyperRule's 500 for small sets; whole epochs, rounded up). Rows go to
     `out/runs.parquet` as they finish (and to `on_record`)."""
-    import lab
-    from lab.build import build
-    from lab.catalog import family_of
-    from lab.cost import cost
-    from lab.data import Augment, load_dataset
-    from lab.grammar import parse
-    from lab.train.checkpoint import check_input, load_checkpoint
-    from lab.train.probe import extract_features, few_shot_probe
-    from lab.train.recipes import recipe
-    from lab.train.record import RUN_SCHEMA, append_record
-    from lab.train.run import RUNS_TABLE, pick_device, train
 
     if not shots or any(int(k) != k or k < 1 for k in shots):
         raise TrainError(f"shots must be positive integers, got {list(shots)}")
@@ -102,16 +104,16 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
 
     # --- probes: frozen features of the checkpoint (and of a random network) ---------------
     report = cost(spec, num_classes=ds.num_classes, in_chans=ds.in_chans)
-    base = {name: None for name in RUN_SCHEMA.names}
+    base: dict[str, Any] = {name: None for name in RUN_SCHEMA.names}
     base.update(status="ok", arch_id=spec.arch_id, text=spec.text, family=family_of(spec), params=report.params,
                 macs=report.macs, res=spec.res, frames=spec.frames, dataset=ds.name, epochs=0, epochs_done=0,
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                lab_version=lab.__version__)
+                lab_version=__version__)
     transform = Augment(ds, res=spec.res, train=False, frames=spec.frames)
     for init in inits:
         if init is None:
             torch.manual_seed(0)
-            net = build(spec, num_classes=ds.num_classes, in_chans=ds.in_chans).eval()
+            net: nn.Module = build(spec, num_classes=ds.num_classes, in_chans=ds.in_chans).eval()
         else:
             net = model
         net = net.to(dev)
@@ -138,7 +140,7 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
                                     device=device, out=out, progress=progress)
                         keep(run.record, written=True)
                     except TrainError as e:  # a diverged run is recorded by train(); go on with the rest
-                        if getattr(e, "record", None) is None:
+                        if e.record is None:
                             raise
                         keep(e.record, written=True)
     return TransferResult(records)
