@@ -4,6 +4,7 @@ on Ctrl-C, and a headless Chromium draws every plot without a JavaScript error."
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -163,6 +164,61 @@ def test_one_fraction_has_no_scaling_view_and_many_points_switch_to_webgl(tmp_pa
     assert "scaling" not in figs and "One training-set size only" in page.read_text()
     assert {t["type"] for t in traces(figs["pareto_macs"], "points")} == {"scattergl"}
 
+
+
+# --- the views table: a view is declared once ------------------------------------------------
+
+def sections_of(text: str) -> list[tuple[str, str]]:
+    """(id, title) of each section of a page, in order."""
+    return re.findall(r"<section id='([^']+)'><h2>([^<]*)</h2>", text)
+
+
+def nav_of(text: str) -> list[tuple[str, str]]:
+    """(anchor, text) of each link of a page's navigation, in order."""
+    return re.findall(r"<a href='#([^']+)'>([^<]*)</a>", re.search(r"<nav>(.*?)</nav>", text).group(1))
+
+
+def test_the_page_has_a_section_and_a_link_per_view_in_the_tables_order(study):
+    from lab.dashboard.views import VIEWS
+
+    text = study[1].read_text()
+    assert sections_of(text) == [
+        ("fronts", "Pareto fronts"), ("curves", "Learning curves"), ("space", "Design space"),
+        ("importance", "Importance of the sampled choices"), ("scaling", "Scaling with the training-set size"),
+        ("trials", "Trials"), ("recipe", "Recipe")]     # no claims: the study lists none
+    assert nav_of(text) == [(v.id, v.nav) for v in VIEWS if v.id != "claims"]
+    assert list(figures_of(study[1])) == [p.id for v in VIEWS for p in v.plots]
+
+
+def test_a_new_view_is_one_entry_of_the_views_table(study, tmp_path):
+    import plotly.graph_objects as go
+
+    from lab.dashboard.views import VIEWS, Plot, View
+
+    extra = View("throwaway", "A throwaway view", "throwaway", help="Help for <i>the throwaway</i> view.",
+                 plots=(Plot("throwaway_bars", lambda ctx: go.Figure(go.Bar(x=["a", "b"], y=[len(ctx.data.rows), 1]))),
+                        Plot("throwaway_none", lambda ctx: None, empty="Nothing to draw here.")))
+    hidden = View("hidden", "Never shown", "hidden", plots=(Plot("hidden_fig", lambda ctx: go.Figure()),),
+                  when=lambda ctx: False)
+    page = render(["demo"], root=study[0], out=tmp_path / "extra.html", index=False, views=VIEWS + (extra, hidden))
+    text = page.read_text()
+    assert sections_of(text)[-1] == ("throwaway", "A throwaway view") and "hidden" not in dict(sections_of(text))
+    assert nav_of(text)[-1] == ("throwaway", "throwaway") and "hidden" not in dict(nav_of(text))
+    section = re.search(r"<section id='throwaway'>(.*?)</section>", text).group(1)
+    assert "<p class='help'>Help for <i>the throwaway</i> view.</p>" in section
+    assert "<div class='plot' id='fig-throwaway_bars'></div>" in section
+    assert "<p class='empty'>Nothing to draw here.</p>" in section and "fig-throwaway_none" not in text
+    figs = figures_of(page)
+    assert list(figs)[-1] == "throwaway_bars" and "hidden_fig" not in figs
+    assert figs["throwaway_bars"]["data"][0]["y"][0] == len(StudyStore(study[0] / "demo").trials())
+    # every other view is as on the default page; the page's metadata lists the new figure
+    assert sections_of(text)[:-1] == sections_of(study[1].read_text())
+    assert json.loads(html.unescape(re.search(r"<meta name='lab-dashboard' content='([^']*)'>", text).group(1)))[
+        "figures"] == list(figs)
+
+    with pytest.raises(ValueError, match="taken twice: curves"):   # figure ids are the page's div ids: unique
+        render(["demo"], root=study[0], out=tmp_path / "dup.html", index=False,
+               views=VIEWS + (View("again", "Again", "again", plots=(Plot("curves", lambda ctx: None),)),))
 
 # --- edge studies: a page that says so -------------------------------------------------------
 

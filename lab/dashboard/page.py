@@ -1,5 +1,6 @@
 """The dashboard page: one HTML file per study (or set of studies) that works offline, and the
-index of a dashboards folder.
+index of a dashboards folder. What the page shows is the table of views (lab.dashboard.views.VIEWS):
+a section, a navigation link and figures per view, in the table's order.
 
 plotly.js is written once beside the pages (`plotly-VERSION.min.js`; keep it with them) or, with
 `inline=True`, inside the page. The figures travel as one JSON object in a <script> tag that a few
@@ -15,16 +16,16 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
+import plotly.graph_objects as go
 
 from lab.dashboard import figures as F
-from lab.dashboard.claims import claims_html
 from lab.dashboard.data import DashboardData, load
-from lab.dashboard.importance import importances
+from lab.dashboard.views import VIEWS, Context, View
 from lab.files import atomic_write
 from lab.study.config import find_study, studies_root
 
@@ -154,33 +155,6 @@ def table_json(data: DashboardData) -> str:
     return json.dumps({"columns": columns, "rows": rows}, separators=(",", ":"))
 
 
-HELP = {
-    "fronts": "Each trained trial is a point: colour is its {group} (the rarest share grey, 'other'), the shape "
-              "its layout (circle isotropic, diamond hierarchical; open: stopped early by ASHA). The ringed line "
-              "joins the 2-D Pareto set of the complete trials (no other trial is both more accurate and cheaper). "
-              "Hover a point for its grammar text, arch_id, parameters, MACs, accuracy and data fraction; named "
-              "architectures are labelled.",
-    "curves": "Validation accuracy and training loss after each epoch, one line per trial; trials stopped early by "
-              "the scheduler in orange, a cross where they stopped.",
-    "space": "As in RegNet's <i>Designing Network Design Spaces</i>: the empirical distribution of the error of the "
-             "complete trials, per block kind (a net counts under every kind it uses) and per stage layout (a curve "
-             "further left and higher is a better region); then accuracy against each sampled choice.",
-    "importance": "Each sampled choice's share of the variance of the accuracy over the complete trials: Optuna's "
-                  "fANOVA evaluator (a random forest and its functional ANOVA) on a study rebuilt from the table's "
-                  "sampled choices (an absent conditional choice counts as its own value).",
-    "scaling": "Error against training-set size on log-log axes: each trial a point (in its architecture's colour "
-               "when every architecture was trained at several sizes, as in a scaling study; else by group, with a "
-               "line through each group's best error at each size), dashed lines for the mean error of architectures trained at several "
-               "sizes, and through them each one's preferred fitted scaling law (solid; <code>lab scale fit</code> "
-               "prints every law) with the bootstrap band of the fitted curve. A cross with a horizontal bar marks "
-               "where an architecture of one family overtakes one of another, with the interval of that size.",
-    "claims": "The claims the study's recipe puts to the test (<code>lab study report NAME</code> prints the same "
-              "with every arm's accuracy). A comparison is supported when its interval lies above 0, contradicted "
-              "when below, inconclusive otherwise; intervals are per comparison, without multiple-comparison "
-              "correction. <i>beats</i> and <i>closes-gap</i> pair the arms by seed (the same nested subset), with "
-              "t intervals over seeds; <i>steeper</i> compares bootstrap samples of the power-law exponents.",
-}
-
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#fff;border-bottom:1px solid #ddd;padding:14px 24px}
@@ -271,94 +245,70 @@ setInterval(function(){fetch('/__lab/stamp',{cache:'no-store'}).then(function(r)
 """
 
 
-def _section(sid: str, title: str, body: str, help_text: str | None = None) -> str:
-    help_html = f"<p class='help'>{help_text}</p>" if help_text else ""
-    return f"<section id='{sid}'><h2>{title}</h2>{help_html}{body}</section>"
+def check_ids(views: Sequence[View]) -> None:
+    """View ids and figure ids are the page's element ids (#fronts, #fig-curves): unique in the table."""
+    for kind, ids in (("view", [v.id for v in views]), ("figure", [p.id for v in views for p in v.plots])):
+        taken = sorted({i for i in ids if ids.count(i) > 1})
+        if taken:
+            raise ValueError(f"{kind} ids must be unique across the views; taken twice: {', '.join(taken)}")
 
 
-def _plot(fid: str) -> str:
-    return f"<div class='plot' id='fig-{fid}'></div>"
+def shown(views: Sequence[View], ctx: Context) -> list[View]:
+    """The views this page has (their `when` holds), in the table's order."""
+    check_ids(views)
+    return [v for v in views if v.when(ctx)]
 
 
-def _empty(text: str) -> str:
-    return f"<p class='empty'>{text}</p>"
+def draw(views: Sequence[View], ctx: Context) -> dict[str, go.Figure]:
+    """Draw the views' figures in order into `ctx.figures` (one with nothing to draw is left out)."""
+    for plot in (p for v in views for p in v.plots):
+        fig = plot.draw(ctx)
+        if fig is not None:
+            ctx.figures[plot.id] = fig
+    return ctx.figures
 
 
-def build_figures(data: DashboardData, gl_threshold: int = F.GL_THRESHOLD) -> tuple[dict, dict[str, float], str]:
+def build_figures(data: DashboardData, gl_threshold: int = F.GL_THRESHOLD,
+                  views: Sequence[View] = VIEWS) -> tuple[dict[str, go.Figure], dict[str, float], str]:
     """Every view's figure (id -> Figure; a view with nothing to draw is left out), the importances
     and the note on them."""
-    imp, imp_note = importances(data)
-    figs = {
-        "pareto_macs": F.pareto_figure(data, "macs", gl_threshold),
-        "pareto_params": F.pareto_figure(data, "params", gl_threshold),
-        "pareto_throughput": F.pareto_figure(data, "images_per_second", gl_threshold),
-        "curves": F.curves_figure(data, gl_threshold),
-        "edf": F.edf_figure(data),
-        "choices": F.choices_figure(data, list(imp), gl_threshold),
-        "importance": F.importance_figure(imp),
-        "scaling": F.scaling_figure(data, gl_threshold),
-    }
-    return {k: v for k, v in figs.items() if v is not None}, imp, imp_note
+    ctx = Context(data, gl_threshold)
+    figs = draw(shown(views, ctx), ctx)
+    imp, imp_note = ctx.importance
+    return figs, imp, imp_note
 
 
-def build_page(data: DashboardData, inline: bool = False, plotly_src: str | None = None, stamp: str = "",
-               serve: bool = False, gl_threshold: int = F.GL_THRESHOLD) -> str:
-    """The page's HTML. plotly.js is inlined, or loaded from `plotly_src` (a file beside the page)."""
+def _figures_json(figs: dict[str, go.Figure]) -> str:
     import plotly.io as pio
-    from plotly.offline import get_plotlyjs
 
-    figs, imp, imp_note = build_figures(data, gl_threshold)
-    claims = claims_html(data)
-    has = figs.__contains__
-    trained = not data.trained.empty
-    group = data.group_by
-
-    fronts = [_plot(f) for f in ("pareto_macs", "pareto_params", "pareto_throughput") if has(f)]
-    if trained and not has("pareto_throughput"):
-        fronts.append(_empty("No measured throughput (images/s) in these trials: no throughput front."))
-    sections = [
-        _section("fronts", "Pareto fronts",
-                 f"<div class='grid'>{''.join(fronts)}</div>" if trained else _empty("No trained trials: no fronts."),
-                 HELP["fronts"].format(group=group)),
-        _section("curves", "Learning curves", _plot("curves") if has("curves") else
-                 _empty("No per-epoch curves recorded yet."), HELP["curves"]),
-        _section("space", "Design space",
-                 (_plot("edf") if has("edf") else _empty("No complete trials: no error distributions."))
-                 + (_plot("choices") if has("choices") else _empty("No sampled choice varies among the complete "
-                                                                    "trials.")), HELP["space"]),
-        _section("importance", "Importance of the sampled choices",
-                 _plot("importance") if has("importance") else _empty(html.escape(imp_note)), HELP["importance"]),
-        _section("scaling", "Scaling with the training-set size",
-                 _plot("scaling") if has("scaling") else
-                 _empty("One training-set size only: a scaling view needs trials at several data fractions "
-                        "(give several studies, e.g. <code>lab dashboard A B</code>)."),
-                 HELP["scaling"] if has("scaling") else None),
-        *([_section("claims", "Claims", claims, HELP["claims"])] if claims else []),
-        _section("trials", "Trials",
-                 "<div class='tablebar'><input id='table-filter' placeholder='filter: any text in a row'> "
-                 "<span id='table-info'></span> <button id='table-more'>show more</button></div>"
-                 "<div id='trial-table' class='scroll'></div>", "Every trial of the table; click a header to sort."),
-        _section("recipe", "Recipe", "".join(
-            f"<h3>{html.escape(s.name)}</h3><pre>{html.escape(yaml.safe_dump(s.config, sort_keys=False))}</pre>"
-            for s in data.studies), "The study's frozen settings (study.yaml)."),
-    ]
     for fig in figs.values():   # each row's hover text travels once, in lab-hover; the page fills traces in
         for trace in fig.data:
             if isinstance(trace.meta, dict) and trace.meta.get("hover") == "rows":
                 trace.text = None
-    fig_json = "{" + ",".join(f'"{k}":{pio.to_json(v, validate=False)}' for k, v in figs.items()) + "}"
+    return "{" + ",".join(f'"{k}":{pio.to_json(v, validate=False)}' for k, v in figs.items()) + "}"
+
+
+def build_page(data: DashboardData, inline: bool = False, plotly_src: str | None = None, stamp: str = "",
+               serve: bool = False, gl_threshold: int = F.GL_THRESHOLD, views: Sequence[View] = VIEWS) -> str:
+    """The page's HTML: a section per view of `views` (in order) that the page has. plotly.js is
+    inlined, or loaded from `plotly_src` (a file beside the page)."""
+    from plotly.offline import get_plotlyjs
+
+    ctx = Context(data, gl_threshold)
+    views = shown(views, ctx)
+    figs = draw(views, ctx)
+    sections = [v.html(ctx) for v in views]
+    fig_json = _figures_json(figs)
     hover_json = json.dumps(data.rows["hover"].tolist(), separators=(",", ":"))
     counts = data.rows["state"].value_counts().to_dict()
-    meta = {"studies": [s.name for s in data.studies], "trials": int(len(data.rows)),
+    meta = {"studies": [s.name for s in data.studies], "trials": len(data.rows),
             "states": {k: int(v) for k, v in counts.items()},
             "best": None if data.complete.empty else float(data.complete["acc"].max()), "accuracy": data.accuracy,
-            "rendered": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "figures": list(figs)}
+            "rendered": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "figures": list(figs)}
     plotly_tag = (f"<script charset='utf-8'>{get_plotlyjs()}</script>" if inline or not plotly_src
                   else f"<script src='{html.escape(plotly_src)}' charset='utf-8'></script>")
     title = f"lab dashboard: {data.name}"
-    nav = " ".join(f"<a href='#{sid}'>{t}</a>" for sid, t in (
-        ("fronts", "fronts"), ("curves", "curves"), ("space", "design space"), ("importance", "importance"),
-        ("scaling", "scaling"), *([("claims", "claims")] if claims else []), ("trials", "trials"), ("recipe", "recipe")))
+    nav = " ".join(f"<a href='#{v.id}'>{v.nav}</a>" for v in views)
     note_html = "".join(f"<div class='note'>{n}</div>" for n in notes(data))
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -375,11 +325,12 @@ def build_page(data: DashboardData, inline: bool = False, plotly_src: str | None
         f"<script>{JS_RENDER}</script>" + (f"<script>{JS_SERVE}</script>" if serve else "") + "</body></html>")
 
 
-def render(studies: list[str | Path], out: str | Path | None = None, root: str | Path | None = None,
+def render(studies: Sequence[str | Path], out: str | Path | None = None, root: str | Path | None = None,
            inline: bool = False, stamp: str = "", serve: bool = False, index: bool = True,
-           gl_threshold: int = F.GL_THRESHOLD) -> Path:
-    """Render the dashboard of `studies` (names under `root`, or study folders) to `out` (default
-    `default_out`; a folder means FOLDER/NAME.html), refresh that folder's index; return the page."""
+           gl_threshold: int = F.GL_THRESHOLD, views: Sequence[View] = VIEWS) -> Path:
+    """Render the dashboard of `studies` (names under `root`, or study folders) with `views` to `out`
+    (default `default_out`; a folder means FOLDER/NAME.html), refresh that folder's index; return
+    the page."""
     data = load([find_study(str(s), root) for s in studies])
     path = Path(out).expanduser() if out is not None else default_out(data.name, root)
     if out is not None and (path.is_dir() or str(out).endswith(("/", os.sep)) or path.suffix.lower() != ".html"):
@@ -387,7 +338,8 @@ def render(studies: list[str | Path], out: str | Path | None = None, root: str |
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     src = None if inline else _write_plotly_js(path.parent)
-    page = build_page(data, inline=inline, plotly_src=src, stamp=stamp, serve=serve, gl_threshold=gl_threshold)
+    page = build_page(data, inline=inline, plotly_src=src, stamp=stamp, serve=serve, gl_threshold=gl_threshold,
+                      views=views)
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     if index:
         write_index(path.parent)
