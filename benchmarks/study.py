@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.study.pareto import hypervolume_2d
+from lab.pareto import hypervolume_2d
 from lab.study.space import load_space
 from lab.study.store import StudyStore
 

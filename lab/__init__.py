@@ -7,13 +7,26 @@
 """
 
 from lab.build import build
+from lab.catalog import named, names, resolve
 from lab.cost import cost
 from lab.errors import LabError, SpecError
 from lab.grammar import Spec, Stage, parse, scale
-from lab.grammar.text import format_spec as format
-from lab.catalog import named, names, resolve
+from lab.grammar.format import format_spec as format
 
 __version__ = "0.1.0"
 
-__all__ = ["LabError", "Spec", "SpecError", "Stage", "build", "cost", "format", "named", "names", "parse",
-           "resolve", "scale", "__version__"]
+__all__ = [
+           "LabError",
+           "Spec",
+           "SpecError",
+           "Stage",
+           "__version__",
+           "build",
+           "cost",
+           "format",
+           "named",
+           "names",
+           "parse",
+           "resolve",
+           "scale",
+]

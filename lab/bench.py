@@ -14,7 +14,13 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import timm
+import torch
+
+from lab import catalog
+from lab.build import build
 from lab.errors import LabError
+from lab.grammar.scale import scale
 
 
 def _rss_mb() -> float:
@@ -23,20 +29,13 @@ def _rss_mb() -> float:
 
 
 def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, channels_last: bool) -> dict:
-    import torch
-
-    from lab import build, catalog
-    from lab.grammar.scale import scale
-
     torch.manual_seed(0)
     spec = scale(catalog.resolve(ref), res=res)
     if who == "lab":
         model = build(spec)
     else:
-        import timm
-
         # transformers fix their position embeddings / windows to the input size
-        sized = {"img_size": res} if any(op.kind == "patch" for op in spec.stem) else {}
+        sized = {"img_size": res} if any(op.patchifies for op in spec.stem) else {}
         model = timm.create_model(catalog.entries()[ref].timm, pretrained=False, **sized)
     model = model.to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -89,8 +88,6 @@ def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, 
 def compare(ref: str, res: int | None = None, batch: int = 32, device: str = "cpu", steps: int = 10,
             rounds: int = 3, vs_timm: bool = False, channels_last: bool = False) -> dict:
     """Median images/s (train step, inference) and peak memory of the lab's model [and timm's]."""
-    from lab import catalog
-
     spec = catalog.resolve(ref)
     res = res or spec.res
     who = ["lab"]
@@ -100,8 +97,6 @@ def compare(ref: str, res: int | None = None, batch: int = 32, device: str = "cp
             raise LabError(f"--vs timm needs a named architecture with a timm reference, got {ref!r}")
         who.append("timm")
     if device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise LabError(f"device {device!r} requested but CUDA is not available")
     runs: dict[str, list[dict]] = {w: [] for w in who}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
-
-from typing import NamedTuple
 
 from lab.cost import steps
 from lab.grammar.spec import Spec
@@ -24,7 +24,7 @@ class Placement(NamedTuple):
     element: Kind
     section: str
     stage: int | None
-    index: int
+    index: int  # type: ignore[assignment]  # a field that shadows tuple.index, on purpose
     shape: Shape
 
 
@@ -123,7 +123,10 @@ def build(spec: Spec, num_classes: int = 1000, in_chans: int = 3, drop_path: flo
     (rising linearly from 0 over all blocks)."""
     total_blocks = sum(st.depth for st in spec.stages)
     rates = [drop_path * i / max(1, total_blocks - 1) for i in range(total_blocks)]
-    stem, head, stages, down = [], [], [], []
+    stem: list[nn.Module] = []
+    head: list[nn.Module] = []
+    stages: list[nn.Module] = []
+    down: list[nn.Module] = []
     placed: list[Placement] = []
     counts = {"stem": 0, "down": 0, "head": 0}
     num_features = 0
@@ -146,6 +149,7 @@ def build(spec: Spec, num_classes: int = 1000, in_chans: int = 3, drop_path: flo
         elif step.section == "down":
             add(down, f"stages.{len(stages)}.down", step)
         elif step.section == "stage":
+            assert step.stage is not None  # a stage's step has its index
             st = spec.stages[step.stage]
             down += _converter(step)
             units = nn.Sequential(*st.block.build_stage(frame_of(st.block, step.shape_in), st.width, st.depth,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab.grammar.format import format_kind
 from lab.grammar.spec import Spec
-from lab.grammar.text import format_kind
 from lab.grammar.trace import Step, trace
 from lab.kinds import Cost
 from lab.kinds.base import NLC
@@ -61,7 +61,10 @@ def totals(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Cost:
 
 
 def _row_name(step: Step) -> str:
-    return step.section if step.section in ("stem", "head") else f"stage {step.stage + 1}"
+    if step.section in ("stem", "head"):
+        return step.section
+    assert step.stage is not None  # a stage's or a transition's step has its index
+    return f"stage {step.stage + 1}"
 
 
 def cost(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Report:
@@ -78,7 +81,8 @@ def cost(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Report:
         if name in ("stem", "head"):
             label, depth = ",".join(format_kind(s.element) for s in group), 1
         else:
-            st = spec.stages[group[-1].stage]
+            assert last.stage is not None  # a stage's group (see _row_name)
+            st = spec.stages[last.stage]
             label, depth = format_kind(st.block), st.depth
         rows.append(Row(name, label, depth, out.c, out.h, out.w, tokens, out.t, c.params, c.macs, c.acts, out.f))
     total = totals(spec, num_classes, in_chans)

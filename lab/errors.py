@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LabError(Exception):
     """Base class of every error caused by user input (bad text, YAML, flags, data)."""
@@ -29,12 +31,12 @@ class SpecError(LabError, ValueError):
             where.append(self.path if not where else f"({self.path})")
         return f"{' '.join(where)}: {self.message}" if where else self.message
 
-    def at(self, prefix: str) -> "SpecError":
+    def at(self, prefix: str) -> SpecError:
         """The same error, its path prefixed by the enclosing field (``stages[2]``)."""
         path = prefix if not self.path else f"{prefix}.{self.path}" if not self.path.startswith("[") else prefix + self.path
         return SpecError(self.message, path, self.col)
 
-    def with_col(self, col: int | None) -> "SpecError":
+    def with_col(self, col: int | None) -> SpecError:
         return SpecError(self.message, self.path, col if self.col is None else self.col)
 
 
@@ -45,7 +47,24 @@ class DataError(LabError):
 class TrainError(LabError):
     """A training run that cannot start or had to stop (bad recipe, NaN loss, unreadable checkpoint)."""
 
+    record: dict[str, Any] | None = None  # a diverged run's row (train() sets it: studies keep failed trials)
+
 
 class ScalingError(LabError):
     """A scaling-law fit that cannot give a number: too few training-set sizes, a zero error (its
     log is undefined), an error that rises with data beyond the noise, an unknown metric."""
+
+
+class StudyError(LabError):
+    """A study that cannot be created or resumed as asked: bad settings, a missing or repeated study."""
+
+
+def check_mapping(entry: object, keys: tuple[str, ...], where: str, expected: str) -> dict:
+    """`entry` when it is a mapping of known `keys` (an entry of a study's settings); else StudyError
+    naming `where` and what was `expected`."""
+    if not isinstance(entry, dict):
+        raise StudyError(f"{where}: expected {expected}")
+    unknown = sorted(set(entry) - set(keys))
+    if unknown:
+        raise StudyError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
+    return entry

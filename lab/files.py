@@ -12,9 +12,19 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path, exclusive: bool = True) -> Iterator[None]:
-    """Hold an advisory lock (flock) on the file `path` (created if absent) for the block."""
-    with open(path, "a") as fh:
+def file_lock(path: str | Path, exclusive: bool = True, read_only_ok: bool = False) -> Iterator[None]:
+    """Hold an advisory lock (flock) on the file `path` (created if absent) for the block.
+
+    With `read_only_ok`, a shared lock whose file cannot be created (a read-only folder, where
+    nobody can be writing) is skipped instead of failing."""
+    try:
+        fh = open(path, "a")
+    except OSError:
+        if exclusive or not read_only_ok:
+            raise
+        yield
+        return
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:
             yield
@@ -22,7 +32,7 @@ def file_lock(path: str | Path, exclusive: bool = True) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call `write(tmp)` for a temporary file beside `path`, then rename it over `path`
     (readable by all, as a plain file would be: mkstemp makes it owner-only)."""
     path = Path(path)

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DropPath", "FramesConv3d", "clip_of", "fold_frames", "make_conv3d", "Conv2dSame", "MaxPool2dSame", "StdConv2d", "LayerNorm2d", "SqueezeExcite", "adapt_input_channels", "fit_filters", "make_conv", "make_norm",
-           "make_act", "resample_grid"]
+__all__ = [
+    "Conv2dSame",
+    "DropPath",
+    "FramesConv3d",
+    "LayerNorm2d",
+    "MaxPool2dSame",
+    "SqueezeExcite",
+    "StdConv2d",
+    "adapt_input_channels",
+    "clip_of",
+    "fit_filters",
+    "fold_frames",
+    "make_act",
+    "make_conv",
+    "make_conv3d",
+    "make_norm",
+    "resample_grid",
+]
 
 
 class DropPath(nn.Module):
@@ -76,7 +93,9 @@ class MaxPool2dSame(nn.MaxPool2d):
     """MaxPool2d with TensorFlow 'SAME' padding (padded with -inf: padding never wins the max)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(pad_same(x, self.kernel_size, self.stride, value=float("-inf")))
+        # built with int kernel and stride (the maxpool op)
+        k, s = cast(int, self.kernel_size), cast(int, self.stride)
+        return super().forward(pad_same(x, k, s, value=float("-inf")))
 
 
 class LayerNorm2d(nn.LayerNorm):

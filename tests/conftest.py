@@ -1,9 +1,14 @@
-"""Shared setup: two CPU threads (the lab's CI machine has two cores) and a fixed seed per test."""
+"""Shared setup: the machine's cores shared out among the test workers (pytest-xdist runs one per
+core: each gets one torch thread; a run without xdist keeps two, the lab's CI machine's cores), and
+a fixed seed per test."""
+
+import os
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // WORKERS) if WORKERS > 1 else 2)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,8 @@ import pytest
 from scipy import stats
 
 from lab.study.claims import Claim, ClaimResult, Comparison, evaluate, parse_claims, t_interval
-from lab.study.config import StudyConfig, StudyError
+from lab.errors import StudyError
+from lab.study.config import StudyConfig
 from lab.study.grid import Arm, parse_arms
 
 ARMS = [

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.study.pareto import hypervolume_2d, pareto_front, pareto_mask, parse_objectives
+from lab.pareto import hypervolume_2d, pareto_front, pareto_mask, parse_objectives
 
 
 def naive_mask(values: np.ndarray, senses: list[str]) -> np.ndarray:

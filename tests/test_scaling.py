@@ -12,18 +12,23 @@ import re
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from page_json import figures_of, traces, values
 
 from lab.cli.main import main
-from lab.dashboard.synthetic import SCALING_LAWS, write_scaling_study, write_synthetic_study
+from lab.dashboard.synthetic import (
+    SCALING_LAWS,
+    write_scaling_study,
+    write_synthetic_study,
+)
 from lab.errors import ScalingError
+from lab.pareto import pareto_mask
+from lab.report.fits import CROSSOVER_SCHEMA, FIT_SCHEMA
+from lab.report.frontier import frontier
 from lab.scaling import Curve, fit_curve, fit_curves
 from lab.scaling.crossover import crossing, crossovers
 from lab.scaling.fit import fit_batch
-from lab.scaling.frontier import frontier
 from lab.scaling.laws import BROKEN, POWER, SATURATING
-from lab.scaling.table import CROSSOVER_SCHEMA, FIT_SCHEMA, load_rows
-from lab.study.pareto import pareto_mask
-from page_json import figures_of, traces, values
+from lab.study.tables import read_studies
 
 SIZES = 100 * 2.0 ** np.arange(8)          # 100 .. 12,800 training images
 BADNET = "badnet"      # a made-up point of the synthetic scaling study: named as the study's --archs named it
@@ -247,7 +252,7 @@ def test_frontier_is_the_pareto_set_over_every_study_by_family(tmp_path, capsys)
     root = tmp_path / "studies"
     write_synthetic_study(root / "f1", 60, fractions=[0.3], seed=1)
     write_synthetic_study(root / "f2", 60, fractions=[1.0], seed=2)
-    rows, _, _ = load_rows(["f1", "f2"], root)
+    rows = read_studies(["f1", "f2"], root).trials
     front = frontier(rows, "macs", "val_top1")
     done = rows[(rows["state"] == "complete")]
     expected = done[pareto_mask(done[["val_top1", "macs"]].to_numpy(float), ["max", "min"])]
@@ -300,7 +305,7 @@ def test_dashboard_draws_fitted_curves_bands_and_the_crossover(scaling_root, tmp
 def test_the_readme_documents_the_tables_columns():
     from pathlib import Path
 
-    from lab.scaling.table import CROSSOVER_FIELDS, FIT_FIELDS
+    from lab.report.fits import CROSSOVER_FIELDS, FIT_FIELDS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("## Scaling"):readme.index("## Search spaces")]

@@ -8,7 +8,8 @@ import pytest
 
 from lab.data import load_dataset
 from lab.errors import DataError
-from lab.study.config import StudyConfig, StudyError
+from lab.errors import StudyError
+from lab.study.config import StudyConfig
 from lab.study.grid import epochs_for, split_archs
 
 

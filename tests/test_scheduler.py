@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from lab.study.pareto import pareto_ranks
+from lab.pareto import pareto_ranks
 from lab.study.scheduler import ParetoASHA, keeps, rungs
 
 

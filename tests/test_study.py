@@ -15,7 +15,8 @@ import optuna
 import pytest
 
 from lab.cli.main import main
-from lab.study.config import StudyConfig, StudyError
+from lab.errors import StudyError
+from lab.study.config import StudyConfig
 from lab.study.runner import create, resume
 from lab.study.search import DUPLICATE
 from lab.study.store import StudyStore
@@ -137,7 +138,6 @@ def test_study_cli_show_list_export(tmp_path, capsys):
     assert main(["study", "show", "nope", "--root", root]) == 2
 
 
-RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
 def test_resume_after_the_driver_is_killed(tmp_path):
@@ -175,27 +175,19 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert all(r["state"] != "failed" or r["error"].startswith("interrupted") for r in rows)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_study_on_a_ray_cluster(tmp_path):
-    port = _free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    started = subprocess.run(RAY + ["start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                                    "--include-dashboard=false"], capture_output=True, text=True, timeout=180, env=env)
-    assert started.returncode == 0, started.stderr[-2000:]
+    # a cluster of its own (a head node's GCS and raylet, as `ray start --head` makes them), stopped
+    # by itself: `ray stop` would stop every Ray on the machine, a parallel test's too
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
-        folder = create(StudyConfig(name="cluster", space="conv", trials=2, address=f"127.0.0.1:{port}", **SMALL),
+        folder = create(StudyConfig(name="cluster", space="conv", trials=2, address=cluster.address, **SMALL),
                         root=tmp_path, verbose=0)
         rows = [r for r in _agree(folder, "cluster") if r["state"] != "rejected"]
         assert len(rows) == 2 and all(r["state"] == "complete" for r in rows)
     finally:
-        subprocess.run(RAY + ["stop", "--force"], capture_output=True, timeout=180, env=env)
+        cluster.shutdown()
 
 
 def test_shipped_study_recipes_are_valid():
@@ -239,6 +231,32 @@ def test_a_study_resolution_rescales_sampled_points_and_rechecks_the_budget(tmp_
         else:
             assert point.spec is None or "32 px" in reason or point.spec.res == 28
     assert kept > 10
+
+
+def test_a_rescaled_point_keeps_its_sampled_choices(tmp_path):
+    """A study at another resolution than its space's (--res) rescales each sampled point: its trial
+    rows keep the sampled choices, so duplicates are keyed on them and the dashboard's design-space
+    and importance views still see them."""
+    from lab.dashboard.data import load
+    from lab.study.search import LabSearch
+    from lab.study.space import load_space
+
+    store = StudyStore(tmp_path / "res")
+    store.save_config({"name": "res", "objectives": "val_acc:max,macs:min"})
+    searcher = LabSearch(load_space("conv"), store, [("val_top1", "max"), ("macs", "min")],
+                         optuna.samplers.RandomSampler(seed=0), "res", optuna.storages.InMemoryStorage(),
+                         {"dataset": "mnist5k"}, 10, 1, res=32)
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {**_epoch(config, 1, 0.5 + i / 10), "kind": "final", "state": "complete"})
+    rows = [r for r in store.trials().to_pylist() if r["state"] == "complete"]
+    assert len(rows) == 4 and all(r["res"] == 32 and r["text"].startswith("@32 ") for r in rows)
+    sampled = [json.loads(r["hparams"])["vars"] for r in rows]
+    assert all(v.get("block") in ("basic", "bottleneck", "convnext") and "w0" in v for v in sampled), sampled
+    assert len(searcher._seen) == 4 and all(json.loads(h)["vars"] for _, h in searcher._seen)   # duplicates key on them
+    data = load([tmp_path / "res"])
+    assert {"block", "w0"} <= set(data.choices)
+    assert all(c.get("block") for c in data.rows["choices"])
 
 
 def _searcher(tmp_path, space="conv", sampler=None):

@@ -4,8 +4,10 @@ importance, scaling, trials and recipe as one HTML page (see lab.dashboard)."""
 from __future__ import annotations
 
 import argparse
+import webbrowser
 
 from lab.cli.args import ROOT_HELP, bounded
+from lab.errors import LabError
 
 DEFAULT_PORT = 8765
 
@@ -31,18 +33,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lab.errors import LabError
 
     if not args.serve and (args.port is not None or args.host is not None):
         raise LabError(f"{'--port' if args.port is not None else '--host'} needs --serve")
     try:
         if args.serve:
-            from lab.dashboard.serve import serve
+            from lab.dashboard.serve import serve  # lazy: start-up time
 
             return serve(args.studies, root=args.root, out=args.out, host=args.host or "127.0.0.1",
                          port=DEFAULT_PORT if args.port is None else args.port, inline=args.inline,
                          open_browser=args.open)
-        from lab.dashboard import render
+        from lab.dashboard import render  # lazy: start-up time
 
         path = render(args.studies, out=args.out, root=args.root, inline=args.inline)
     except OSError as e:   # an unwritable --out, a full disk: the user's to fix, one line
@@ -50,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
         raise LabError(f"cannot write the dashboard{where}: {e.strerror or e}") from None
     print(path)
     if args.open:
-        import webbrowser
 
         webbrowser.open(path.as_uri())
     return 0

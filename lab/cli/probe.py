@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lab.errors import LabError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="few-shot linear probe (BiT) of a checkpoint's frozen features")
@@ -21,8 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from lab.errors import LabError
-    from lab.train.probe import probe_checkpoint
+    from lab.train.probe import probe_checkpoint  # lazy: start-up time
 
     if args.seeds < 1 or any(k < 1 for k in args.shots):
         raise LabError("--shots and --seeds must be positive")

@@ -7,8 +7,10 @@ import argparse
 import json
 import math
 
-from lab.cli.args import ROOT_HELP, level as _level, samples as _count
-from lab.cli.table import render
+from lab.cli.args import ROOT_HELP
+from lab.cli.args import level as _level
+from lab.cli.args import samples as _count
+from lab.report.table import render
 
 MAX_CROSSOVERS = 20      # crossovers printed (the file holds every one)
 
@@ -75,7 +77,7 @@ def _clean(v):
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from lab.scaling.table import CROSSOVERS_FILE, fit_studies
+    from lab.report.fits import CROSSOVERS_FILE, fit_studies  # lazy: start-up time
 
     result = fit_studies(args.studies, root=args.root, metric=args.metric, size=args.size, n_boot=args.bootstrap,
                          seed=args.seed, level=args.level)
@@ -141,11 +143,12 @@ def _fit_lines(table) -> tuple[list[str], list[list[str]]]:
 
 
 def run_frontier(args: argparse.Namespace) -> int:
-    from lab.scaling.frontier import COSTS, by_family, frontier
-    from lab.scaling.table import load_rows
+    from lab.report.frontier import COSTS, by_family, frontier  # lazy: start-up time
+    from lab.study.tables import read_studies  # lazy: start-up time
 
-    rows, names, _ = load_rows(args.studies, args.root)
-    front = frontier(rows, args.cost, args.metric)
+    read = read_studies(args.studies, args.root)
+    names = read.names
+    front = frontier(read.trials, args.cost, args.metric)
     metric, cost = front.attrs["metric"], front.attrs["cost"]
     if args.json:
         print(json.dumps({"studies": names, "metric": metric, "cost": cost, "trials": front.attrs["trials"],

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime
 from pathlib import Path
 
 from lab.cli.args import ROOT_HELP, level, samples
-from lab.cli.table import render
+from lab.pareto import pareto_front, parse_objectives
+from lab.report.table import render
+from lab.study.config import StudyConfig, find_study, read_recipe_file, studies_root
+from lab.study.store import StudyStore
 
 # flag -> StudyConfig field, for the settings `create` takes (None: not given on the command line)
 SETTINGS = {
-    "kind": str, "archs": str, "fractions": str, "seeds": int, "epochs_policy": str, "space": str, "dataset": str, "trials": int, "objectives": str, "epochs": int, "fraction": float,
+    "kind": str, "archs": str, "fractions": str, "seeds": int, "epochs_policy": str, "space": str, "dataset": str, "trials": int,
+    "objectives": str, "epochs": int, "fraction": float,
     "res": int, "recipe": str, "name": str, "sampler": str, "scheduler": str, "storage": str, "address": str,
     "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "seed": int, "batch_size": int,
 }
@@ -30,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fractions": "scaling: nested training fractions, e.g. 0.05,0.1,0.2,0.5,1",
         "seeds": "scaling: seeds per (arch, fraction) (default 1)",
         "epochs_policy": "scaling: constant-steps (default: the largest fraction's steps everywhere) or constant-epochs",
-        "space": "search space: conv, isotropic, hierarchical, hybrid (default), video (clips: --dataset moving-digits) or a YAML path",
+        "space": "search space: conv, isotropic, hierarchical, hybrid (default), video (clips: --dataset moving-digits) "
+                 "or a YAML path",
         "dataset": "dataset (default mnist5k)", "trials": "trained trials (default 20)",
         "objectives": "objectives, e.g. val_acc:max,macs:min (the default)", "epochs": "epochs per trial (default 8)",
         "fraction": "fraction of the training split (default 1)", "res": "input resolution (default: the space's)",
@@ -92,7 +98,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from lab.study.config import StudyConfig, read_recipe_file
 
     settings = read_recipe_file(args.recipe_file) if args.recipe_file else {}
     settings.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None})
@@ -104,7 +109,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from lab.study.runner import create
+    from lab.study.runner import create  # lazy: start-up time
 
     folder = create(config_from_args(args), root=args.root, verbose=0 if args.quiet else 1)
     _print_summary(folder, json_out=False)
@@ -112,7 +117,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    from lab.study.runner import resume
+    from lab.study.runner import resume  # lazy: start-up time
 
     folder = resume(args.name, root=args.root, verbose=0 if args.quiet else 1)
     _print_summary(folder, json_out=False)
@@ -122,38 +127,35 @@ def run_resume(args: argparse.Namespace) -> int:
 def _render_dashboard(folder: Path, args: argparse.Namespace) -> int:
     """The study's dashboard, rendered at the end of a run; a failure to render is a warning, not
     a failed study (the study's results are already safe in its folder)."""
-    import sys
 
     if not getattr(args, "dashboard", True):
         return 0
     try:
-        from lab.dashboard import render
+        from lab.dashboard import render  # lazy: start-up time
 
         print(f"dashboard: {render([folder], root=args.root)}")
-    except Exception as e:  # noqa: BLE001 - the study is done; `lab dashboard NAME` can retry
+    except Exception as e:
         print(f"lab: warning: dashboard not rendered ({type(e).__name__}: {e}); `lab dashboard {folder.name}` "
               f"retries", file=sys.stderr)
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from lab.study.report import build_report, format_report
+    from lab.report.study import build_report, format_report  # lazy: start-up time
 
     report = build_report(args.name, args.root, level=args.level, n_boot=args.bootstrap, metric=args.metric)
-    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report), end="" if not args.json else "\n")
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report),
+          end="" if not args.json else "\n")
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from lab.study.config import find_study
 
     return _print_summary(find_study(args.name, args.root), json_out=args.json)
 
 
 def summary(folder: Path) -> dict:
     """A study's settings, its trials by state and its Pareto set (complete trials only)."""
-    from lab.study.pareto import pareto_front, parse_objectives
-    from lab.study.store import StudyStore
 
     store = StudyStore(folder)
     config = store.load_config()
@@ -197,7 +199,6 @@ def _print_summary(folder: Path, json_out: bool) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from lab.study.config import studies_root
 
     root = studies_root(args.root)
     infos = [summary(p.parent) for p in sorted(root.glob("*/study.yaml"))] if root.exists() else []
@@ -216,8 +217,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from lab.study.config import find_study
-    from lab.study.store import StudyStore
 
     folder = find_study(args.name, args.root)
     paths = StudyStore(folder).export(args.out or folder / "export", args.format)

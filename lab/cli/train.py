@@ -8,19 +8,18 @@ import sys
 
 from lab.cli.args import bounded
 
-
 _fraction = bounded(float, lambda x: 0 < x <= 1, "a number in (0, 1]")
 _positive = bounded(int, lambda n: n >= 1, "an integer >= 1")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from lab.train.recipes import PRESETS
+    from lab.train.recipes import PRESETS  # lazy: start-up time
 
     p = sub.add_parser("train", help="train a grammar point on a dataset; record the run in Parquet")
     p.add_argument("arch", metavar="NAME|TEXT", help="a name with optional multipliers (resnet18@28px,w=0.5) or grammar text")
     p.add_argument("--dataset", default="mnist5k",
-                   help="mnist5k (default), digits, synthetic[:N], moving-digits (clips), cifar10, cifar100, mnist, fashion-mnist, "
-                        "imagefolder:PATH, parquet:PATH")
+                   help="mnist5k (default), digits, synthetic[:N], moving-digits (clips), cifar10, cifar100, mnist, "
+                        "fashion-mnist, imagefolder:PATH, parquet:PATH")
     p.add_argument("--recipe", default="default", choices=list(PRESETS), help="training preset (default: default)")
     p.add_argument("--epochs", type=_positive, help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=_positive, help="batch size (default: the recipe's)")
@@ -49,15 +48,17 @@ def summary_line(record: dict, label: str) -> str:
     """One line: what was trained on what, its accuracy, its cost and where its weights are."""
     unit = "clips" if (record.get("frames") or 1) > 1 else "images"
     return (f"{label} [{record['arch_id']}] on {record['dataset']} ({record['n_train']} train {unit}, "
-            f"{record['epochs_done']} epoch{'s' * (record['epochs_done'] != 1)}, {record['recipe']}): val top-1 {100 * record['val_top1']:.2f}%, "
+            f"{record['epochs_done']} epoch{'s' * (record['epochs_done'] != 1)}, {record['recipe']}): "
+            f"val top-1 {100 * record['val_top1']:.2f}%, "
             f"test top-1 {100 * record['test_top1']:.2f}% | {record['params'] / 1e6:.3f}M params, "
-            f"{_macs(record['macs'])} | {record['train_seconds']:.1f} s, {record['images_per_second']:.0f} {'clip' if unit == 'clips' else 'img'}/s | "
+            f"{_macs(record['macs'])} | {record['train_seconds']:.1f} s, "
+            f"{record['images_per_second']:.0f} {'clip' if unit == 'clips' else 'img'}/s | "
             f"{record['checkpoint']}")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lab.train.recipes import recipe
-    from lab.train.run import train
+    from lab.train.recipes import recipe  # lazy: start-up time
+    from lab.train.run import train  # lazy: start-up time
 
     rec = recipe(args.recipe, distill=args.distill)
     result = train(args.arch, args.dataset, recipe=rec, epochs=args.epochs, batch_size=args.batch_size,

@@ -7,6 +7,7 @@ import json
 import sys
 
 from lab.cli.args import bounded
+from lab.report.table import render
 
 
 def _shots(text: str) -> list[int]:
@@ -20,13 +21,14 @@ def _shots(text: str) -> list[int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from lab.train.transfer import HYPERRULE_STEPS
+    from lab.train.transfer import HYPERRULE_STEPS  # lazy: start-up time
 
     p = sub.add_parser("transfer", help="transfer a checkpoint to a downstream dataset: few-shot probes and "
                                         "bit-finetune runs, each beside a random-init baseline")
     p.add_argument("--from", dest="checkpoint", required=True, metavar="CKPT",
                    help="a lab checkpoint (model.pt, model.safetensors or their run folder)")
-    p.add_argument("--dataset", default="digits", help="downstream dataset (default digits), resized to the checkpoint's resolution")
+    p.add_argument("--dataset", default="digits",
+                   help="downstream dataset (default digits), resized to the checkpoint's resolution")
     p.add_argument("--shots", type=_shots, default=[1, 5, 10], help="examples per class, comma-separated (default 1,5,10)")
     p.add_argument("--seeds", type=bounded(int, lambda n: n >= 1, "an integer >= 1"), default=3,
                    help="support draws per k (default 3)")
@@ -43,8 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_transfer(args: argparse.Namespace) -> int:
-    from lab.cli.table import render
-    from lab.train.transfer import transfer
+    from lab.train.transfer import transfer  # lazy: start-up time
 
     result = transfer(args.checkpoint, args.dataset, shots=args.shots, seeds=range(args.seeds), method=args.method,
                       finetune=not args.no_finetune, steps=args.steps, baseline=not args.no_baseline,

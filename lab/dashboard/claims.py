@@ -1,11 +1,12 @@
 """The dashboard's claims section: for each scaling study with claims, what `lab study report`
-says (lab.study.report): each claim, its verdict, and its comparisons with their intervals."""
+says (lab.report.study): each claim, its verdict, and its comparisons with their intervals."""
 
 from __future__ import annotations
 
 import html
 
 from lab.dashboard.data import DashboardData
+from lab.report.study import build_report
 
 VERDICT_COLOURS = {"supported": "#1b7f3b", "partly supported": "#5f9e3a", "contradicted": "#b3261e",
                    "partly contradicted": "#c0612b", "mixed": "#8a6d00", "inconclusive": "#666"}
@@ -14,8 +15,6 @@ CLAIM_BOOTSTRAP = 400    # bootstrap samples of the exponents behind `steeper` c
 
 def claims_html(data: DashboardData, n_boot: int = CLAIM_BOOTSTRAP) -> str | None:
     """The claims of the page's scaling studies as HTML tables; None when no study has claims."""
-    from lab.study.report import build_report
-
     parts = []
     for study in data.studies:
         if study.config.get("kind") != "scaling" or not study.config.get("claims"):

@@ -5,38 +5,26 @@ and label by (mixer kind, named architecture, flattened sampled choices, the stu
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lab.scaling.table import curve_keys
-from lab.study.config import StudyError
-from lab.study.pareto import pareto_mask, parse_objectives
-from lab.study.store import StudyStore
+from lab.catalog import named_ids
+from lab.kinds import REGISTRY, is_token_mixer
+from lab.pareto import pareto_mask
+from lab.study.tables import StudyInfo, curve_keys, read_studies
 
-TOKEN_MIXERS = ("mhsa", "swin", "nat", "mixer")   # every other block kind is a conv kind
 ACCURACIES = ("val_top1", "val_top5", "test_top1", "test_top5")
 TRAINED = ("complete", "pruned")                   # states whose accuracy means something
 ABSENT = "—"                                       # a choice a trial did not sample (conditional)
 MAX_GROUPS = 10                                    # colour groups; rarer ones share "other"
 OTHER = "other"
-
-
-@dataclass
-class StudyInfo:
-    """One study: its folder, frozen recipe, objectives and trials by state."""
-
-    name: str
-    folder: Path
-    config: dict
-    objectives: list[tuple[str, str]]
-    states: dict[str, int]
 
 
 @dataclass
@@ -99,41 +87,13 @@ def flatten_choices(hparams: str | None) -> dict:
 
 
 def mixer_label(kinds) -> str:
-    """The kinds of token mixing a net uses: 'conv' for every conv kind, then each token mixer."""
+    """The kinds of token mixing a net uses: 'conv' for every conv kind, then each token mixer (a
+    kind this lab does not know, as a table written with a plugin's kinds, shows as itself)."""
     kinds = [] if kinds is None else list(kinds)
     if not kinds:
         return "unknown"
-    mixers = sorted({k for k in kinds if k in TOKEN_MIXERS})
-    return "+".join((["conv"] if any(k not in TOKEN_MIXERS for k in kinds) else []) + mixers)
-
-
-@functools.cache
-def named_ids(resolutions: tuple[int, ...]) -> dict[str, str]:
-    """arch_id -> name of every named architecture, natively and rescaled to each of
-    `resolutions` at widths 1, 0.5 and 0.25 (what studies on a CPU train: swin_t@28px,w=0.25)."""
-    try:
-        from lab.catalog import named, names
-        from lab.grammar.scale import scale
-        from lab.errors import LabError
-
-        catalog = names()
-    except Exception:  # noqa: BLE001 - no catalog (a store read elsewhere): no labels, not an error
-        return {}
-    ids: dict[str, str] = {}
-    for n in catalog:
-        try:
-            spec = named(n)
-        except LabError:
-            continue
-        ids.setdefault(spec.arch_id, n)
-        for res in resolutions:
-            for w in (1.0, 0.5, 0.25):
-                try:
-                    point = scale(spec, width=w, res=res)
-                except (LabError, ValueError):
-                    continue
-                ids.setdefault(point.arch_id, f"{n}@{res}px" + (f",w={w:g}" if w != 1 else ""))
-    return ids
+    conv = {k for k in kinds if k in REGISTRY and not is_token_mixer(k)}
+    return "+".join((["conv"] if conv else []) + sorted(set(kinds) - conv))
 
 
 def _wrap(text: str, width: int = 64) -> str:
@@ -198,32 +158,12 @@ def _study_front(frame: pd.DataFrame, objectives: list[tuple[str, str]]) -> np.n
     return mask
 
 
-def load(folders: list[str | Path]) -> DashboardData:
+def load(folders: Sequence[str | Path]) -> DashboardData:
     """Read the studies in `folders` (study folders, as `find_study` gives them)."""
-    studies, trial_frames, epoch_frames = [], [], []
-    for folder in folders:
-        store = StudyStore(folder)
-        config = store.load_config()
-        name = str(config.get("name") or Path(folder).name)
-        try:
-            objectives = parse_objectives(str(config.get("objectives", "val_acc:max,macs:min")))
-        except ValueError as e:
-            raise StudyError(f"{store.config_path}: {e}") from None
-        trials = store.trials().to_pandas()
-        epochs = store.epochs().to_pandas()
-        trials.insert(0, "study", name)
-        epochs.insert(0, "study", name)
-        trials["on_front"] = _study_front(trials, objectives)
-        states = trials["state"].value_counts().to_dict()
-        studies.append(StudyInfo(name, Path(folder), config, objectives, {k: int(v) for k, v in states.items()}))
-        trial_frames.append(trials)
-        epoch_frames.append(epochs)
-    names = [s.name for s in studies]
-    twice = next((n for n in names if names.count(n) > 1), None)
-    if twice:
-        raise StudyError(f"study {twice!r} is given twice")
-    rows = pd.concat(trial_frames, ignore_index=True)
-    epochs = pd.concat(epoch_frames, ignore_index=True)
+    read = read_studies(folders, epochs=True)
+    studies, rows, epochs = read.studies, read.trials, read.epochs
+    # the studies' rows follow each other in order: each study's own Pareto set, one after the other
+    rows["on_front"] = np.concatenate([_study_front(rows[rows["study"] == s.name], s.objectives) for s in studies])
 
     first = studies[0].objectives
     accuracy = next((c for c, _ in first if c in ACCURACIES), "val_top1")

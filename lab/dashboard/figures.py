@@ -19,7 +19,11 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from lab.dashboard.data import OTHER, DashboardData
-from lab.study.pareto import pareto_mask
+from lab.errors import LabError
+from lab.pareto import pareto_mask
+from lab.report.fits import curves_from_rows
+from lab.scaling.crossover import crossovers
+from lab.scaling.curves import fit_curves
 
 GL_THRESHOLD = 2000          # points in a figure above which it draws with WebGL
 PALETTE = list(dict.fromkeys(qualitative.Plotly + qualitative.Dark24 + qualitative.Light24))
@@ -354,12 +358,6 @@ def _law_text(fit) -> str:
 
 def _scaling_fits(rows: pd.DataFrame, archs, size: str, accuracy: str, n_boot: int):
     """The scaling fits (lab.scaling) of `archs` from the rows, and their crossovers."""
-    from lab.scaling.crossover import crossovers
-    from lab.scaling.curves import fit_curves
-    from lab.scaling.table import curves_from_rows
-
-    from lab.errors import LabError
-
     sub = rows[rows["curve"].isin(list(archs))]
     try:
         curves, _, _ = curves_from_rows(sub, size=size, accuracy=accuracy)
@@ -416,7 +414,7 @@ def scaling_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD,
             hovertemplate=f"{group}: best error %{{y:.2%}} at %{{x:,}}<extra></extra>"))
     fits, cross = _scaling_fits(rows, repeated, "n_train" if use_n else "fraction", "acc", n_boot) \
         if len(repeated) else ({}, [])
-    ends = {}    # where each fitted curve is drawn to: its largest size, or a crossover beyond it
+    ends: dict[str, float] = {}    # where each fitted curve is drawn to: its largest size, or a crossover beyond it
     for c in cross:
         for f in (c.leader, c.overtaker):
             ends[f.curve.key] = max(ends.get(f.curve.key, 0.0), min(c.size * 1.5, c.d_range[1]))

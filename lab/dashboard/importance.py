@@ -91,6 +91,6 @@ def importances(data: DashboardData, max_trials: int = MAX_TRIALS, seed: int = 0
         try:
             evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=N_TREES, max_depth=MAX_DEPTH, seed=seed)
             result = optuna.importance.get_param_importances(study, evaluator=evaluator)
-        except Exception as e:  # noqa: BLE001 - an analysis that cannot run is a note, not a broken page
+        except Exception as e:
             return {}, f"importance could not be computed ({type(e).__name__}: {e})"
     return {k: float(v) for k, v in result.items()}, ""

@@ -20,9 +20,9 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from lab.study.config import find_study
 from lab.dashboard.page import render
 from lab.errors import LabError
+from lab.study.config import find_study
 
 WATCHED = ("study.yaml", "trials.parquet", "epochs.parquet", "trials", "epochs")
 
@@ -47,7 +47,7 @@ class _Handler(SimpleHTTPRequestHandler):
         self.state = state
         super().__init__(*args, **kw)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/__lab/stamp":
             body = self.state["stamp"].encode()
@@ -116,7 +116,7 @@ def serve(studies: list[str], root: str | Path | None = None, out: str | Path | 
             last, count = now, count + 1
             try:
                 render(folders, out=page, root=root, inline=inline, stamp=stamp(), serve=True)
-            except Exception as e:  # noqa: BLE001 - a running server outlives one bad render: keep the last page
+            except Exception as e:
                 print(f"lab: warning: not re-rendered ({type(e).__name__}: {e}); the next change retries",
                       file=sys.stderr, flush=True)
                 continue

@@ -15,4 +15,4 @@ from lab.data.dataset import Dataset
 from lab.data.load import DATASETS, load_dataset
 from lab.data.split import Split
 
-__all__ = ["Augment", "DATASETS", "Dataset", "Split", "load_dataset"]
+__all__ = ["DATASETS", "Augment", "Dataset", "Split", "load_dataset"]

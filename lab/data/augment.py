@@ -86,7 +86,8 @@ class Augment:
         if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
             raise DataError(f"augment: frames must be a positive integer, got {frames!r}")
         if clip == 1 and frames not in (None, 1):
-            raise DataError(f"augment: frames={frames} needs a video dataset ({getattr(ds, 'name', 'this dataset')} holds single images)")
+            raise DataError(f"augment: frames={frames} needs a video dataset "
+                            f"({getattr(ds, 'name', 'this dataset')} holds single images)")
         self.res, self.train, self.crop, self.pad = res, train, crop, pad
         self.flip = ds.hflip if flip is None else bool(flip)
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
@@ -107,7 +108,8 @@ class Augment:
         frames = f", frames={self.frames}" if self.clip > 1 else ""
         if not self.train:
             return f"Augment(eval, res={self.res}{frames})"
-        extra = {"pad": f", pad={self.pad}", "rrc": f", scale={self.scale}, ratio={tuple(round(r, 3) for r in self.ratio)}"}.get(self.crop, "")
+        extra = {"pad": f", pad={self.pad}",
+                 "rrc": f", scale={self.scale}, ratio={tuple(round(r, 3) for r in self.ratio)}"}.get(self.crop, "")
         return f"Augment(train, res={self.res}{frames}, crop={self.crop}{extra}, flip={self.flip})"
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +122,9 @@ class Augment:
         if self.clip > 1:
             return self._clips(images, generator)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != self.in_chans:
-            raise DataError(f"augment: expected uint8 images (B, {self.in_chans}, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise DataError(
+                f"augment: expected uint8 images (B, {self.in_chans}, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         return self._images(images, generator)
 
     def _clips(self, clips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -128,7 +132,8 @@ class Augment:
         the image path (one spatial draw per clip), unfolded."""
         if clips.dtype != torch.uint8 or clips.ndim != 5 or clips.shape[1:3] != (self.in_chans, self.clip):
             raise DataError(
-                f"augment: expected uint8 clips (B, C, T, H, W) = (B, {self.in_chans}, {self.clip}, H, W), got {clips.dtype} {tuple(clips.shape)}"
+                f"augment: expected uint8 clips (B, C, T, H, W) = (B, {self.in_chans}, {self.clip}, H, W), "
+                f"got {clips.dtype} {tuple(clips.shape)}"
             )
         if self._pick is not None:
             if clips.device not in self._picks:

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lab.errors import DataError
-
 from lab.data.split import SPLIT_SEED, Reader, Split, few_shot, mix, nested_fraction
+from lab.errors import DataError
 
 STATS_SAMPLE = 2000  # images a streaming dataset's mean/std are estimated on
 
@@ -41,16 +40,18 @@ class Dataset:
     def n_train(self) -> int:
         return len(self.train)
 
-    def with_fraction(self, fraction: float, seed: int) -> "Dataset":
+    def with_fraction(self, fraction: float, seed: int) -> Dataset:
         """This dataset with the nested, stratified `fraction` of the full training split drawn with
         `seed`: the same training images `load_dataset(name, seed=seed, fraction=fraction)` holds,
         without loading again (a scaling study's workers hold the full split once)."""
         if self.fraction != 1:
-            raise DataError(f"{self.name}: with_fraction needs the full training split (this one holds fraction {self.fraction:g})")
+            raise DataError(
+                f"{self.name}: with_fraction needs the full training split (this one holds fraction {self.fraction:g})"
+            )
         train = self.train.subset(nested_fraction(self.train.labels, fraction, seed))
         return dataclasses.replace(self, fraction=float(fraction), seed=seed, train=train)
 
-    def with_shots(self, k: int, seed: int) -> "Dataset":
+    def with_shots(self, k: int, seed: int) -> Dataset:
         """This dataset with a k-shot training split: k images of every class of the full training
         split, drawn with `seed` (the support set a k-shot probe with that seed fits on)."""
         if self.fraction != 1:
@@ -67,7 +68,8 @@ class Dataset:
         shape = f"{self.in_chans}x{self.frames}" if self.frames > 1 else f"{self.in_chans}"
         return (
             f"Dataset({self.name!r}, {self.num_classes} classes, {shape}x{self.image_size}x{self.image_size}, "
-            f"train/val/test {len(self.train)}/{len(self.val)}/{len(self.test)} (fraction {self.fraction:g}, seed {self.seed}), {where})"
+            f"train/val/test {len(self.train)}/{len(self.val)}/{len(self.test)} "
+            f"(fraction {self.fraction:g}, seed {self.seed}), {where})"
         )
 
 
@@ -117,4 +119,5 @@ def assemble(
         pick = torch.randperm(len(full_train), generator=g)[:STATS_SAMPLE].sort().values
         mean, std = channel_stats(reader.read(full_train.indices[pick].tolist(), threads=0))  # type: ignore[union-attr]
     train = full_train.subset(nested_fraction(full_train.labels, fraction, seed))
-    return Dataset(name, num_classes, in_chans, image_size, mean, std, hflip, fraction, seed, train, val, test, classes, frames=frames)
+    return Dataset(name, num_classes, in_chans, image_size, mean, std, hflip, fraction, seed, train, val, test, classes,
+                   frames=frames)

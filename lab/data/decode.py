@@ -6,7 +6,6 @@ import io
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Union
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff",
 # modes whose pixels carry no colour: a dataset made only of these is stored with one channel
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
-Source = Union[str, bytes]  # a file path, or the encoded bytes themselves
+Source = str | bytes  # a file path, or the encoded bytes themselves
 
 
 def _open(src: Source):
@@ -112,4 +111,5 @@ class Scan:
             if w == h:
                 return w
         shown = ", ".join(f"{w}x{h} in {what}" for (w, h), what in sorted(self.sizes.items())[:2])
-        raise DataError(f"{name}: images are not all squares of one size ({shown}...); pass size=N to resize and centre-crop them to NxN")
+        raise DataError(f"{name}: images are not all squares of one size ({shown}...); "
+                        "pass size=N to resize and centre-crop them to NxN")

@@ -64,7 +64,9 @@ def load(name: str, path: str, size: int | None, memory_budget: int) -> Files:
     for c, cls in enumerate(classes):
         found = _images_under(os.path.join(path, cls))
         if not found:
-            raise DataError(f"{name}: class folder {os.path.join(path, cls)} has no images ({'/'.join(e[1:] for e in EXTENSIONS)})")
+            raise DataError(
+                f"{name}: class folder {os.path.join(path, cls)} has no images ({'/'.join(e[1:] for e in EXTENSIONS)})"
+            )
         paths += found
         labels += [c] * len(found)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +16,10 @@ from lab.data.split import check_fraction, stratified_split
 from lab.errors import DataError
 
 # The dataset kinds; `synthetic` takes an optional `:N`, `imagefolder` and `parquet` a `:PATH`.
-DATASETS = ["mnist5k", "digits", "synthetic", "moving-digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder", "parquet"]
-FORMS = "mnist5k, digits, synthetic[:N], moving-digits, cifar10, cifar100, mnist, fashion-mnist, imagefolder:PATH, parquet:PATH[?image=COL&label=COL]"
+DATASETS = ["mnist5k", "digits", "synthetic", "moving-digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder",
+            "parquet"]
+FORMS = ("mnist5k, digits, synthetic[:N], moving-digits, cifar10, cifar100, mnist, fashion-mnist, imagefolder:PATH, "
+         "parquet:PATH[?image=COL&label=COL]")
 SYNTHETIC_N = 10000
 
 
@@ -116,7 +119,7 @@ def load_dataset(
     fraction = check_fraction(fraction)
     seed = _int(seed, "seed")
     memory_budget = _int(memory_budget, "memory_budget", 0)
-    common = dict(seed=seed, fraction=fraction)
+    common: dict[str, Any] = dict(seed=seed, fraction=fraction)
 
     if kind in ("imagefolder", "parquet"):
         if kind == "imagefolder":
@@ -135,6 +138,7 @@ def load_dataset(
             image_size=files.size, hflip=True, classes=files.classes, **common,
         )
 
+    classes: tuple[str, ...]
     if kind == "synthetic":
         n = SYNTHETIC_N if not arg else (int(arg) if arg.isdigit() else -1)
         if n < 100:
@@ -155,5 +159,6 @@ def load_dataset(
         classes, hflip = tuple(str(d) for d in range(10)), False  # a mirrored digit is no digit
     return assemble(
         canonical, labels, parts, images=images, num_classes=len(classes), in_chans=images.shape[1],
-        image_size=images.shape[-1], hflip=hflip, classes=tuple(classes), frames=images.shape[2] if images.ndim == 5 else 1, **common,
+        image_size=images.shape[-1], hflip=hflip, classes=tuple(classes), frames=images.shape[2] if images.ndim == 5 else 1,
+        **common,
     )

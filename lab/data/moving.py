@@ -85,13 +85,18 @@ def generate(
     each shrunk to H/2 by 2x2 average pooling) moving along paths, and their path classes int64
     (N,) (indices into `CLASSES`). `groups` (N,) ints: path classes are dealt evenly within each
     group (None: one group). Deterministic in `seed`; vectorized over clips and frames."""
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3] or images.shape[2] % 2:
-        raise DataError(f"moving digits: expected uint8 digits (N, 1, H, H) with H even, got {images.dtype} {tuple(images.shape)}")
+    if (images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]
+            or images.shape[2] % 2):
+        raise DataError(
+            f"moving digits: expected uint8 digits (N, 1, H, H) with H even, got {images.dtype} {tuple(images.shape)}"
+        )
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise DataError(f"moving digits: frames must be an integer >= 2, got {frames!r}")
     side = images.shape[2] // 2
     if isinstance(size, bool) or not isinstance(size, int) or size < side + 2:
-        raise DataError(f"moving digits: size must be an integer >= {side + 2} (the {side} px digit must have room to move), got {size!r}")
+        raise DataError(
+            f"moving digits: size must be an integer >= {side + 2} (the {side} px digit must have room to move), got {size!r}"
+        )
     n = images.shape[0]
     if groups is not None and tuple(groups.shape) != (n,):
         raise DataError(f"moving digits: groups must have shape ({n},), got {tuple(groups.shape)}")

@@ -110,12 +110,12 @@ class ParquetReader:
         return get
 
     def read(self, items: Sequence[int], threads: int = 1) -> torch.Tensor:
-        items = np.asarray(list(items), dtype=np.int64)
-        out = torch.empty(len(items), 1 if self.mode == "L" else 3, self.size, self.size, dtype=torch.uint8)
-        groups = np.searchsorted(self.starts, items, side="right") - 1
+        idx = np.asarray(list(items), dtype=np.int64)
+        out = torch.empty(len(idx), 1 if self.mode == "L" else 3, self.size, self.size, dtype=torch.uint8)
+        groups = np.searchsorted(self.starts, idx, side="right") - 1
         for group in np.unique(groups):  # each row group read once per call
             at = np.flatnonzero(groups == group)
-            rows = items[at].tolist()
+            rows = idx[at].tolist()
             out[torch.from_numpy(at)] = decode_many(len(rows), self.fetch(int(group), rows), self.size, self.mode, threads)
         return out
 
@@ -135,12 +135,18 @@ def load(name: str, path: str, options: dict[str, str], size: int | None, memory
         present = ", ".join(schema.names)
         for what, hint in (("image", "?image=COL"), ("label", "?label=COL")):
             if options[what] not in schema.names:
-                raise DataError(f"{name}: no {what} column {options[what]!r} in {file} (columns: {present}; choose one with {hint})")
+                raise DataError(
+                    f"{name}: no {what} column {options[what]!r} in {file} (columns: {present}; choose one with {hint})"
+                )
         t = schema.field(options["image"]).type
-        if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)):
-            raise DataError(f"{name}: column {options['image']!r} holds {t}, not encoded image bytes (binary, or a struct with a 'bytes' field)")
+        if not (pa.types.is_binary(t) or pa.types.is_large_binary(t)
+                or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)):
+            raise DataError(f"{name}: column {options['image']!r} holds {t}, not encoded image bytes "
+                            "(binary, or a struct with a 'bytes' field)")
         if not pa.types.is_integer(schema.field(options["label"]).type):
-            raise DataError(f"{name}: label column {options['label']!r} holds {schema.field(options['label']).type}, not integers")
+            raise DataError(
+                f"{name}: label column {options['label']!r} holds {schema.field(options['label']).type}, not integers"
+            )
         col = pq.read_table(file, columns=[options["label"]]).column(0)
         if col.null_count:
             raise DataError(f"{name}: label column {options['label']!r} in {file} has {col.null_count} empty values")
@@ -149,7 +155,9 @@ def load(name: str, path: str, options: dict[str, str], size: int | None, memory
     if len(y) == 0:
         raise DataError(f"{name}: no rows")
     if int(y.min()) < 0:
-        raise DataError(f"{name}: label column {options['label']!r} has a negative label ({int(y.min())}) at row {int(y.argmin())}")
+        raise DataError(
+            f"{name}: label column {options['label']!r} has a negative label ({int(y.min())}) at row {int(y.argmin())}"
+        )
 
     probe = ParquetReader(name, files, options["image"], 1, "L")
     scan = Scan()

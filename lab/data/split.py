@@ -6,7 +6,7 @@ import math
 import numbers
 import os
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def stratified_split(labels: torch.Tensor, val: float, test: float) -> tuple[tor
 
 def check_fraction(fraction: object) -> float:
     """`fraction` as a float in (0, 1]; DataError otherwise (NaN included)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < cast(float, fraction) <= 1:
         raise DataError(f"fraction must be a number in (0, 1], got {fraction!r}")
     return float(fraction)
 
@@ -112,7 +112,8 @@ class Split:
     which is what tests and records use to compare splits.
     """
 
-    def __init__(self, labels: torch.Tensor, indices: torch.Tensor, images: torch.Tensor | None = None, reader: Reader | None = None):
+    def __init__(self, labels: torch.Tensor, indices: torch.Tensor, images: torch.Tensor | None = None,
+                 reader: Reader | None = None):
         if (images is None) == (reader is None):
             raise ValueError("a Split needs exactly one of images or reader")
         self.labels = labels.to(torch.int64).contiguous()
@@ -131,7 +132,7 @@ class Split:
     def __repr__(self) -> str:
         return f"Split(n={len(self)}, {'in memory' if self.in_memory else 'streaming'})"
 
-    def subset(self, positions: torch.Tensor) -> "Split":
+    def subset(self, positions: torch.Tensor) -> Split:
         """The split restricted to some of its positions (ascending)."""
         images = self.images[positions] if self.images is not None else None
         return Split(self.labels[positions], self.indices[positions], images, self.reader)
@@ -155,7 +156,7 @@ class Split:
         device: str | torch.device = "cpu",
         drop_last: bool = False,
         workers: int | None = None,
-    ) -> "Batches":
+    ) -> Batches:
         """(uint8 images (B,C,H,W) or clips (B,C,T,H,W), int64 labels (B,)) on `device`, in the order of
         `order(len, shuffle, seed, epoch)`. `workers` (streaming splits only) defaults to
         min(4, CPU count) decoding processes; 0 decodes in this process."""
@@ -167,7 +168,8 @@ class Split:
 class Batches:
     """An epoch of batches: iterable (again and again, same order) and sized."""
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int, epoch: int, device: torch.device, drop_last: bool, workers: int | None):
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int, epoch: int, device: torch.device, drop_last: bool,
+                 workers: int | None):
         self.split, self.batch_size, self.device = split, batch_size, device
         self.shuffle, self.seed, self.epoch, self.drop_last = shuffle, seed, epoch, drop_last
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
@@ -240,6 +242,7 @@ class _Stream(torch.utils.data.Dataset):
 
     def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.as_tensor(positions, dtype=torch.int64)
+        assert self.reader is not None  # a streaming split: its reader is set
         return self.reader.read(self.indices[pos].tolist()), self.labels[pos]
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:

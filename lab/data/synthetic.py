@@ -114,7 +114,8 @@ def _chunk(k: int) -> torch.Tensor:
         d = _box(along, across, bl, torch.full_like(bl, 0.6))
         clutter = torch.maximum(clutter, (0.3 + 0.6 * u(n, 1, 1)) * torch.sigmoid(-d / 0.5))
 
-    img = field + contrast[:, None, None] * torch.maximum(shape, clutter) + noise[:, None, None] * torch.randn(n, SIZE, SIZE, generator=g)
+    img = (field + contrast[:, None, None] * torch.maximum(shape, clutter)
+           + noise[:, None, None] * torch.randn(n, SIZE, SIZE, generator=g))
     return (img.clamp(0, 1) * 255).round().to(torch.uint8).unsqueeze(1)
 
 

@@ -27,8 +27,10 @@ class Entry:
 ENTRIES = {
     "cifar10": Entry("CIFAR10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", True),
     "cifar100": Entry("CIFAR100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", True),
-    "mnist": Entry("MNIST", "MNIST/raw (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*)", "http://yann.lecun.com/exdb/mnist/", False),
-    "fashion-mnist": Entry("FashionMNIST", "FashionMNIST/raw (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*)", "https://github.com/zalandoresearch/fashion-mnist", False),
+    "mnist": Entry("MNIST", "MNIST/raw (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*)",
+                   "http://yann.lecun.com/exdb/mnist/", False),
+    "fashion-mnist": Entry("FashionMNIST", "FashionMNIST/raw (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*)",
+                           "https://github.com/zalandoresearch/fashion-mnist", False),
 }
 
 
@@ -57,7 +59,8 @@ def _open(name: str, root: str, train: bool):
         why = lines[-1][:200]  # torchvision's MNIST puts the root cause (urlopen error) last
         raise DataError(
             f"{name}: not found in {root} and the download failed ({type(e).__name__}: {why}); "
-            f"put torchvision's {entry.folder} there ({entry.url}), or point root= / $LAB_DATA / --data-root at a folder holding it"
+            f"put torchvision's {entry.folder} there ({entry.url}), "
+            "or point root= / $LAB_DATA / --data-root at a folder holding it"
         ) from None
     finally:
         socket.setdefaulttimeout(previous)

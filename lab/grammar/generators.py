@@ -56,7 +56,8 @@ def efficientnet(width: float = 1.0, depth: float = 1.0, res: int = 224, drop: f
     parts = [f"@{res}", f"conv(c={rc(32)},k=3,s=2),bn,silu"]
     prev = None
     for e, k, s, c, r in EFFICIENTNET_B0:
-        blk = "mbconv" + ("" if (e, k) == (6, 3) else f"({','.join(x for x in (f'e={e}' if e != 6 else '', f'k={k}' if k != 3 else '') if x)})")
+        args = ",".join(x for x in (f"e={e}" if e != 6 else "", f"k={k}" if k != 3 else "") if x)
+        blk = "mbconv" + ("" if (e, k) == (6, 3) else f"({args})")
         stage = f"{math.ceil(r * depth)}x{rc(c)}" + ("/2" if s == 2 else "")
         if blk == prev:
             parts[-1] += f", {stage}"

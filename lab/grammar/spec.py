@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lab.errors import SpecError
+from lab.grammar.format import format_spec
+from lab.grammar.trace import Step, trace
 from lab.kinds import REGISTRY, Block, Kind, Op
 
 MAX_RES = 8192
@@ -29,7 +31,9 @@ def make_kind(name: Any, args: dict[str, Any], role: str, path: str) -> Kind:
         known = ", ".join(sorted(k for k, c in REGISTRY.items() if c.role == role))
         raise SpecError(f"unknown {role} kind {name!r} (known: {known})", path)
     if cls.role != role:
-        raise SpecError(f"{name!r} is {'a block' if cls.role == 'block' else 'an op'}, not {'a block' if role == 'block' else 'an op'}", path)
+        raise SpecError(
+            f"{name!r} is {'a block' if cls.role == 'block' else 'an op'}, not {'a block' if role == 'block' else 'an op'}", path
+        )
     names = [f.name for f in dataclasses.fields(cls)]
     for key in args:
         if key not in names:
@@ -90,10 +94,10 @@ class Spec:
     stages: tuple[Stage, ...]
     head: tuple[Op, ...] = field(default=())
     frames: int = 1
+    if TYPE_CHECKING:  # not a field at run time: __post_init__ sets it (the walk, kept for cost())
+        _trace: tuple[Step, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from lab.grammar.trace import trace  # the walk needs the Spec type
-
         _check_int(self.res, 1, MAX_RES, "res")
         _check_int(self.frames, 1, MAX_FRAMES, "frames")
         object.__setattr__(self, "stem", _check_ops(self.stem, "stem", allow_empty=False))
@@ -114,8 +118,6 @@ class Spec:
     # --- identity -------------------------------------------------------------------
     @property
     def text(self) -> str:
-        from lab.grammar.text import format_spec
-
         return format_spec(self)
 
     @property
@@ -143,7 +145,7 @@ class Spec:
         }
 
     @classmethod
-    def from_dict(cls, d: Any) -> "Spec":
+    def from_dict(cls, d: Any) -> Spec:
         if not isinstance(d, dict):
             raise SpecError(f"expected a mapping with res, stem, stages, head; got {type(d).__name__}")
         unknown = set(d) - {"res", "frames", "stem", "stages", "head"}
@@ -173,13 +175,14 @@ class Spec:
             for key in ("block", "depth", "width"):
                 if key not in st:
                     raise SpecError("missing field", f"{path}.{key}")
-            try:
-                stages.append(Stage(_kind_from_dict(st["block"], "block", "block"), st["depth"], st["width"],
-                                    st.get("stride", 1), tuple(kinds(st.get("down", []), "op", "down"))))
+            try:  # make_kind checked each kind's role: the block is a Block, the others are Ops
+                block = cast(Block, _kind_from_dict(st["block"], "block", "block"))
+                down = cast(tuple[Op, ...], tuple(kinds(st.get("down", []), "op", "down")))
+                stages.append(Stage(block, st["depth"], st["width"], st.get("stride", 1), down))
             except SpecError as e:
                 raise e.at(path) from None
-        return cls(d["res"], tuple(kinds(d["stem"], "op", "stem")), tuple(stages),
-                   tuple(kinds(d["head"], "op", "head")), d.get("frames", 1))
+        return cls(d["res"], cast(tuple[Op, ...], tuple(kinds(d["stem"], "op", "stem"))), tuple(stages),
+                   cast(tuple[Op, ...], tuple(kinds(d["head"], "op", "head"))), d.get("frames", 1))
 
 
 def _kind_from_dict(d: Any, role: str, path: str) -> Kind:

@@ -14,59 +14,16 @@ grouped; ``parse(format(s)) == s`` for every valid spec.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from lab.errors import SpecError
 from lab.grammar.spec import Spec, Stage, make_kind
-from lab.kinds import Kind
+from lab.kinds import Block, Kind, Op
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _INT = re.compile(r"[-+]?\d+$")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _STAGE = re.compile(r"(\d+)x(\d+)")
-
-
-def _num(v: Any) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
-    return str(v)
-
-
-def format_kind(k: Kind) -> str:
-    args = k.args()
-    if not args:
-        return k.kind
-    return f"{k.kind}({','.join(f'{key}={_num(v)}' for key, v in args.items())})"
-
-
-def _format_ops(ops: tuple) -> str:
-    return ",".join(format_kind(op) for op in ops)
-
-
-def _format_stage(st: Stage) -> str:
-    text = f"{st.depth}x{st.width}"
-    if st.stride != 1:
-        text += f"/{st.stride}"
-    if len(st.down) == 1:
-        text += f"/{format_kind(st.down[0])}"
-    elif st.down:
-        text += f"/({_format_ops(st.down)})"
-    return text
-
-
-def format_spec(spec: Spec) -> str:
-    parts = [f"@{spec.frames}x{spec.res}" if spec.frames != 1 else f"@{spec.res}", _format_ops(spec.stem)]
-    group: list[Stage] = []
-    for st in spec.stages + (None,):  # type: ignore[operator]
-        if group and (st is None or st.block != group[0].block):
-            parts.append(f"{format_kind(group[0].block)} {', '.join(_format_stage(g) for g in group)}")
-            group = []
-        if st is not None:
-            group.append(st)
-    parts.append(_format_ops(spec.head))
-    return " | ".join(parts)
 
 
 class _Parser:
@@ -196,8 +153,8 @@ class _Parser:
                 self.expect(")", "',' or ')' closing the transition")
             else:
                 down = [self.call("op", f"{path}.down[0]")]
-        try:
-            return Stage(block, int(m.group(1)), int(m.group(2)), stride, tuple(down))
+        try:  # Stage checks that the block is a Block and the transition's kinds are Ops
+            return Stage(cast(Block, block), int(m.group(1)), int(m.group(2)), stride, cast(tuple[Op, ...], tuple(down)))
         except SpecError as e:
             raise e.at(path).with_col(self.col_of(e.at(path).path)) from None
 
@@ -233,8 +190,8 @@ class _Parser:
         if not stages:
             raise SpecError("expected at least one stage group (like | basic 2x64 |) between stem and head",
                             col=len(self.text))
-        try:
-            return Spec(res, tuple(stem), tuple(stages), tuple(head), frames)
+        try:  # Spec checks that the stem's and the head's kinds are Ops
+            return Spec(res, cast(tuple[Op, ...], tuple(stem)), tuple(stages), cast(tuple[Op, ...], tuple(head)), frames)
         except SpecError as e:
             raise e.with_col(self.col_of(e.path)) from None
 

@@ -8,7 +8,8 @@ check, crossovers between families, and the accuracy-per-compute frontier across
 Modules, one job each: `laws` (the forms), `fit` (vectorized least squares over a batch of
 curves), `bootstrap` (resamples and percentile intervals), `extrapolate` (hold the largest size
 out), `curves` (a curve's checks and every law's fit), `crossover` (where two fitted curves
-cross), `table` (study rows -> curves -> the fits table), `frontier` (Pareto set across studies).
+cross). Pure numerics: studies' rows become curves and the fits table in lab.report.fits, the
+frontier across studies in lab.report.frontier.
 """
 
 from lab.errors import ScalingError

@@ -59,6 +59,7 @@ def crossing(a: LawFit, b: LawFit, d_lo: float, d_hi: float, level: float = 0.95
     """Where fitted curve `b` overtakes `a` or `a` overtakes `b` in [d_lo, d_hi]: (size, lo, hi,
     p_cross, a_leads), `a_leads` True when `a` has the lower error below the crossing; None when
     the fitted curves do not cross in the range."""
+    assert a.params is not None and b.params is not None  # fitted laws
     log_d = np.linspace(math.log(d_lo), math.log(d_hi), grid)
     diff = a.law.log_error(a.params, log_d) - b.law.log_error(b.params, log_d)
     start = np.sign(diff[0])
@@ -93,11 +94,13 @@ def crossovers(fits: list[CurveFit], span: float = SPAN, level: float = 0.95) ->
                 continue
             d_lo = float(min(fa.curve.sizes[0], fb.curve.sizes[0]))
             d_hi = float(span * max(fa.curve.sizes[-1], fb.curve.sizes[-1]))
-            found = crossing(fa.preferred, fb.preferred, d_lo, d_hi, level)
+            pa, pb = fa.preferred, fb.preferred
+            assert pa is not None and pb is not None  # `live` holds the fits that have one
+            found = crossing(pa, pb, d_lo, d_hi, level)
             if found is None:
                 continue
             size, lo, hi, p, a_leads = found
             leader, overtaker = (fa, fb) if a_leads else (fb, fa)
-            error = float(leader.preferred.predict([size])[0])
+            error = float((pa if a_leads else pb).predict([size])[0])
             out.append(Crossover(leader, overtaker, size, lo, hi, p, error, (d_lo, d_hi), level))
     return sorted(out, key=lambda c: c.size)

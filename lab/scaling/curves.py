@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from lab.errors import ScalingError
 from lab.scaling import bootstrap as boot
@@ -47,7 +48,7 @@ class Curve:
     info: dict = field(default_factory=dict)
 
     @classmethod
-    def from_points(cls, sizes, errors, name: str = "curve", **kw) -> "Curve":
+    def from_points(cls, sizes, errors, name: str = "curve", **kw) -> Curve:
         """A curve from one (size, error) pair per run; runs at the same size are seeds."""
         d = np.asarray(sizes, dtype=float).ravel()
         e = np.asarray(errors, dtype=float).ravel()
@@ -142,6 +143,7 @@ class LawFit:
     def value(self, name: str) -> float:
         if not self.ok:
             raise ScalingError(self.reason or f"{self.law.name} law not fitted")
+        assert self.params is not None  # ok
         return float(self.params[self.law.params.index(name)])
 
     @property
@@ -149,18 +151,20 @@ class LawFit:
         """Root-mean-square log-space residual: 0.05 is about a 5% miss per size."""
         return math.sqrt(self.ssr / self.n_sizes) if self.n_sizes else math.nan
 
-    def predict(self, d) -> np.ndarray:
+    def predict(self, d: ArrayLike) -> np.ndarray:
         """The fitted error at sizes `d`."""
         if not self.ok:
             raise ScalingError(self.reason or f"{self.law.name} law not fitted")
+        assert self.params is not None  # ok
         return self.law(self.params, np.asarray(d, dtype=float))
 
-    def band(self, d, level: float = 0.95) -> tuple[np.ndarray, np.ndarray] | None:
+    def band(self, d: ArrayLike, level: float = 0.95) -> tuple[np.ndarray, np.ndarray] | None:
         """Pointwise band of the bootstrap curves at sizes `d`: percentiles of log E, widened
         about the fitted curve as the parameters' intervals are (None without samples)."""
         if self.boot is None or not np.isfinite(self.boot).all(-1).any():
             return None
         samples = self.boot[np.isfinite(self.boot).all(-1)]
+        assert self.params is not None  # bootstrap samples come with the point estimate
         log_d = np.log(np.asarray(d, dtype=float))
         lo, hi = boot.interval(self.law.log_error(self.params, log_d), self.law.log_error(samples, log_d[None, :]),
                                level, self.widen if math.isfinite(self.widen) else 1.0, axis=0)
@@ -316,7 +320,7 @@ def _prefer(fit: CurveFit) -> None:
     ok = [f for f in fit.laws.values() if f.ok]
     scored = [f for f in ok if math.isfinite(f.aicc)]
     if scored:
-        best = min(scored, key=lambda f: (f.aicc, f.law.k))
+        best: LawFit | None = min(scored, key=lambda f: (f.aicc, f.law.k))
     else:
         best = next((f for f in ok if f.law.name == "power"), ok[0] if ok else None)
     if best is not None:
@@ -334,4 +338,4 @@ def fit_curve(sizes, errors, name: str = "curve", laws: tuple[str, ...] | list[s
     return fit
 
 
-__all__ = ["Curve", "CurveFit", "LawFit", "DEFAULT_LAWS", "aicc", "check", "fit_curve", "fit_curves"]
+__all__ = ["DEFAULT_LAWS", "Curve", "CurveFit", "LawFit", "aicc", "check", "fit_curve", "fit_curves"]

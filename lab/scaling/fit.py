@@ -180,6 +180,7 @@ def fit_saturating(x: np.ndarray, y: np.ndarray, w: np.ndarray, grid: int = SAT_
         better = s < best[3][sel]
         for k, v in enumerate((a, b, c, s)):
             best[k][sel] = np.where(better, v, best[k][sel])
+    assert best is not None  # the first start fits every curve
     alpha, b, c, ssr = best
     return np.stack([np.exp(alpha + b * x0), b, c], axis=-1), ssr
 

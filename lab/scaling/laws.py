@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lab.errors import ScalingError
+
 
 @dataclass(frozen=True)
 class Law:
@@ -56,8 +58,6 @@ LAWS: dict[str, Law] = {law.name: law for law in (POWER, SATURATING, BROKEN)}
 
 
 def get_law(name: str) -> Law:
-    from lab.errors import ScalingError
-
     try:
         return LAWS[name]
     except KeyError:

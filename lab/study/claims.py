@@ -24,11 +24,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lab.study.config import StudyError, check_mapping
+from lab.errors import LabError, StudyError, check_mapping
+from lab.scaling.bootstrap import t_quantile
 
 TESTS = ("beats", "closes-gap", "steeper")
 PLACES = ("smallest", "largest", "all")
@@ -44,7 +46,7 @@ class Claim:
     at: str | float = "smallest"  # beats: smallest, largest, all or a fraction
 
     def to_setting(self) -> dict:
-        out = {"claim": self.says, "test": self.test, "arm": self.arm, "than": list(self.than)}
+        out: dict[str, Any] = {"claim": self.says, "test": self.test, "arm": self.arm, "than": list(self.than)}
         if self.test == "beats":
             out["at"] = self.at
         return out
@@ -147,8 +149,6 @@ def verdict(lo: float, hi: float) -> str:
 
 def t_interval(values: np.ndarray, level: float) -> tuple[float, float, float]:
     """Mean of `values` and its Student-t interval at `level` (NaNs with fewer than 2 values)."""
-    from lab.scaling.bootstrap import t_quantile
-
     values = np.asarray(values, dtype=float)
     n = len(values)
     if n < 2:
@@ -162,7 +162,7 @@ def cells(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Complete trials as a table arm x fraction x seed -> accuracy, from a scaling study's rows
     (the cell is in each trial's hparams vars)."""
     done = rows[rows["state"] == "complete"] if "state" in rows else rows
-    out = []
+    out: list[dict[str, Any]] = []
     if "hparams" not in done or metric not in done:
         return pd.DataFrame(out, columns=["arm", "fraction", "seed", "acc"])
     for h, acc in zip(done["hparams"], pd.to_numeric(done[metric], errors="coerce")):
@@ -226,8 +226,6 @@ def _from_seeds(a: str, b: str, what: str, values: np.ndarray, level: float) -> 
 
 
 def _steeper(fits: dict, a: str, b: str, level: float) -> Comparison:
-    from lab.errors import LabError
-
     what = "power-law exponent b_A - b_B"
     try:
         fa, fb = fits[a].get("power"), fits[b].get("power")

@@ -11,28 +11,15 @@ from pathlib import Path
 
 import yaml
 
-from lab.errors import LabError
+from lab.errors import StudyError
+from lab.study.claims import parse_claims
+from lab.study.grid import EPOCH_POLICIES, Arm, parse_arms, split_archs
+from lab.study.space import SAMPLERS
 
-SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "fifo")
 KINDS = ("search", "scaling")
-EPOCH_POLICIES = ("constant-steps", "constant-epochs")
 DEFAULT_TRIALS = 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class StudyError(LabError):
-    """A study that cannot be created or resumed as asked."""
-
-
-def check_mapping(entry, keys: tuple[str, ...], where: str, expected: str) -> dict:
-    """`entry` when it is a mapping of known `keys`; else StudyError naming `where`."""
-    if not isinstance(entry, dict):
-        raise StudyError(f"{where}: expected {expected}")
-    unknown = sorted(set(entry) - set(keys))
-    if unknown:
-        raise StudyError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
-    return entry
 
 
 @dataclass(frozen=True)
@@ -75,6 +62,7 @@ class StudyConfig:
                     raise StudyError(f"study {field} is for scaling studies (--kind scaling)")
             self._set("trials", DEFAULT_TRIALS if self.trials is None else self.trials)
             self._set("scheduler", self.scheduler or "asha")
+        assert self.trials is not None  # set above, for either kind
         checks = [
             ("name", bool(_NAME.match(self.name)), "letters, digits, '_', '.', '-'"),
             ("trials", self.trials >= 1, "at least 1"),
@@ -96,9 +84,6 @@ class StudyConfig:
         object.__setattr__(self, field, value)   # resolving defaults of a frozen config
 
     def _resolve_grid(self) -> None:
-        from lab.study.claims import parse_claims
-        from lab.study.grid import parse_arms, split_archs
-
         archs = split_archs(self.archs) if isinstance(self.archs, str) else self.archs
         if not isinstance(archs, list) or not archs:
             raise StudyError("study archs: a scaling study needs --archs A,B,... (names or grammar text)")
@@ -122,6 +107,7 @@ class StudyConfig:
             raise StudyError(f"study scheduler = {self.scheduler!r}: a scaling study trains every cell (fifo)")
         self._set("archs", [arm.to_setting() for arm in arms])
         self._set("fractions", sorted({float(f) for f in fractions}))
+        assert self.fractions is not None  # set just above
         if self.claims is not None:
             self._set("claims", [c.to_setting() for c in parse_claims(self.claims, [a.name for a in arms], self.fractions)])
         size = len(arms) * len(self.fractions) * self.seeds
@@ -131,10 +117,8 @@ class StudyConfig:
         self._set("trials", size)
         self._set("scheduler", "fifo")
 
-    def arms(self) -> list:
-        """A scaling study's arms (lab.study.grid.Arm)."""
-        from lab.study.grid import parse_arms
-
+    def arms(self) -> list[Arm]:
+        """A scaling study's arms."""
         return parse_arms(self.archs or [], self.recipe)
 
     def to_dict(self) -> dict:

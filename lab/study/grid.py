@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from lab.study.config import StudyError, check_mapping
+from lab.catalog import entries
+from lab.cost import totals
+from lab.data import Dataset
+from lab.errors import LabError, StudyError, check_mapping
 from lab.study.space import Point
+from lab.train.recipes import recipe
+from lab.train.run import resolve_arch
+
+if TYPE_CHECKING:   # the settings that hold a grid's arms (lab.study.config imports this module)
+    from lab.study.config import StudyConfig
 
 EPOCH_POLICIES = ("constant-steps", "constant-epochs")
 _MULTIPLIER = re.compile(r"^\s*[a-z]+\s*=")   # "w=0.5" continues the name before it
@@ -73,9 +81,6 @@ def parse_arms(entries: list, base_recipe: str = "default") -> list[Arm]:
     """The arms of `archs` settings: strings (an arm named by its text) or mappings with keys
     name, arch, recipe (fields of `base_recipe` to change) and teacher (another arm's name).
     StudyError names the entry (`archs[2].recipe`) and what is wrong."""
-    from lab.errors import LabError
-    from lab.train.recipes import recipe
-
     arms: list[Arm] = []
     for i, entry in enumerate(entries):
         where = f"study archs[{i}]"
@@ -129,11 +134,6 @@ class ScalingGrid:
 
     def __init__(self, arms: list[Arm], fractions: list[float], seeds: list[int], epochs: int, policy: str,
                  res: int | None, image_size: int, num_classes: int, in_chans: int, frames: int = 1):
-        from lab.catalog import entries
-        from lab.cost import totals
-        from lab.errors import LabError
-        from lab.train.run import resolve_arch
-
         self.arms = {arm.name: arm for arm in arms}
         self.fractions, self.seeds = fractions, seeds
         self.epochs, self.policy = epochs, policy
@@ -141,7 +141,8 @@ class ScalingGrid:
         self.points: dict[str, tuple[Any, int, int, str | None]] = {}
         for i, arm in enumerate(arms):
             try:
-                spec = resolve_arch(arm.arch, res, image_size, frames)   # as `lab train` would: a bare name adopts the data's size
+                # as `lab train` would: a bare name adopts the data's size
+                spec = resolve_arch(arm.arch, res, image_size, frames)
                 total = totals(spec, num_classes, in_chans)
             except LabError as e:
                 where = f"--archs {arm.arch!r}" if arm.name == arm.arch else f"study archs[{i}].arch"
@@ -153,8 +154,15 @@ class ScalingGrid:
     def archs(self) -> list[str]:
         return list(self.arms)
 
-    def sampler(self, seed: int):
-        """Optuna's GridSampler over the cells (arm, fraction, seed): each once, in a seeded order."""
+    @classmethod
+    def for_study(cls, config: StudyConfig, data: Dataset) -> ScalingGrid:
+        """The grid of a scaling study's settings, on its dataset."""
+        return cls(config.arms(), config.fractions or [], [config.seed + i for i in range(config.seeds)], config.epochs,
+                   config.epochs_policy, config.res, data.image_size, data.num_classes, data.in_chans, data.frames)
+
+    def sampler(self, name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        """Optuna's GridSampler over the cells (arm, fraction, seed): each once, in a seeded order
+        (a grid is walked, not searched: `name` does not apply)."""
         return _GridSampler({"arch": list(self.arms), "fraction": list(self.fractions), "seed": list(self.seeds)},
                             seed=seed)
 
@@ -177,7 +185,7 @@ class ScalingGrid:
         return None   # a grid trains what it names
 
     def check_feasible(self, num_classes: int = 10, in_chans: int = 1, frames: int = 1) -> float:
-        return 1.0
+        return 1.0   # every arm was resolved and costed for the data when the grid was made
 
 
 

@@ -10,28 +10,48 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from lab.study.config import StudyConfig, StudyError, find_study, studies_root
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from lab import __version__
+from lab.data import Dataset, load_dataset
+from lab.errors import StudyError, TrainError
+from lab.pareto import parse_objectives
+from lab.study.config import StudyConfig, find_study, studies_root
+from lab.study.grid import ScalingGrid
+from lab.study.scheduler import ParetoASHA
+from lab.study.search import LabSearch, counted, reconcile
+from lab.study.space import SearchSpace, load_space
+from lab.study.store import StudyStore
+from lab.study.teachers import teacher_checkpoint
+from lab.train.recipes import recipe
+from lab.train.run import train
 
 TRIAL_RESULT_KEYS = ("val_top1", "val_top5", "test_top1", "test_top5", "loss", "train_seconds",
                      "images_per_second", "peak_memory", "device", "family", "n_train", "params", "macs",
                      "epochs_done")
 
 
+# the space a study of each kind samples: its YAML space, or a scaling study's grid of cells
+SPACES: dict[str, Callable[[StudyConfig, Dataset], SearchSpace]] = {
+    "search": lambda config, data: load_space(config.space),
+    "scaling": ScalingGrid.for_study,
+}
+
+
 # --- the trial: runs in a Ray worker ----------------------------------------------------------
 
-def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
+def run_trial(config: dict, data: Dataset | None = None, settings: dict | None = None) -> None:
     """One trial: train the sampled point, report every epoch and a final result."""
-    import torch
-    from ray import tune
-
-    from lab.errors import TrainError
-    from lab.study.teachers import teacher_checkpoint
-    from lab.train.recipes import recipe
-    from lab.train.run import train
-
+    assert data is not None and settings is not None  # tune.with_parameters passes both (see _tune)
     start = time.perf_counter()
     torch.set_num_threads(max(1, int(settings["cpus"])))
     number = config["number"]
@@ -62,7 +82,7 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
     except TrainError as e:   # diverged (the record comes along) or a bad recipe
         record = getattr(e, "record", None) or {}
         final.update({k: record.get(k) for k in TRIAL_RESULT_KEYS}, state="failed", error=str(e))
-    except Exception as e:  # noqa: BLE001 - a trial's failure is recorded; the study goes on
+    except Exception as e:
         final.update(state="failed", error=f"{type(e).__name__}: {e}")
     final["worker_seconds"] = time.perf_counter() - start
     tune.report({k: v for k, v in final.items() if v is not None})
@@ -70,27 +90,10 @@ def run_trial(config: dict, data=None, settings: dict | None = None) -> None:
 
 # --- the driver -------------------------------------------------------------------------------
 
-def _sampler(config: StudyConfig, space):
-    """The study's Optuna sampler. Rejected points carry a violated `budget` constraint
-    (search.tell), which TPE and NSGA-II read; a scaling grid brings its own (ScalingGrid.sampler)."""
-    import optuna
-
-    name, seed, trials = config.sampler, config.seed, config.trials
-    if config.kind == "scaling":
-        return space.sampler(seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 2)))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, trials // 3)), constant_liar=True)
-
-
 def _open_storage(url: str):
-    import optuna
-
     try:
         return optuna.storages.RDBStorage(url)
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy/Optuna raise many kinds for a bad URL
+    except Exception as e:
         first = (str(e).splitlines() or [""])[0]
         raise StudyError(f"--storage {url}: cannot open it ({type(e).__name__}: {first})") from None
 
@@ -107,8 +110,6 @@ def _check_address(address: str) -> None:
 
 def _start_ray(config: StudyConfig) -> bool:
     """Connect to the cluster at --address, or start Ray on this machine. Returns whether we started it."""
-    import ray
-
     if ray.is_initialized():
         return False
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
@@ -128,8 +129,6 @@ def folder_of(name: str, root: str | Path | None = None) -> Path:
 def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1) -> Path:
     """Create the study `config.name` (an error if it exists) and run it to its trial budget.
     Everything that can be checked is checked before the study's folder is made."""
-    from lab.study.store import StudyStore
-
     folder = folder_of(config.name, root)
     if (folder / "study.yaml").exists():
         raise StudyError(f"study {config.name!r} exists in {folder}: `lab study resume {config.name}` continues it")
@@ -141,8 +140,6 @@ def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1
 
 def resume(name: str, root: str | Path | None = None, verbose: int = 1) -> Path:
     """Continue the study `name` to its trial budget with its frozen settings."""
-    from lab.study.store import StudyStore
-
     store = StudyStore(find_study(name, root))
     config = StudyConfig(**store.load_config())
     return _run(config, store, _prepare(config), verbose)
@@ -152,21 +149,12 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
     """The objectives, the space (or a scaling study's grid) and the dataset (loaded once, in the
     driver), after every check that needs no study folder: objectives, space file or archs,
     dataset, a feasible point, storage URL, Ray address."""
-    from lab.data import load_dataset
-    from lab.study.grid import ScalingGrid
-    from lab.study.pareto import parse_objectives
-    from lab.study.space import load_space
-
     try:
         objectives = parse_objectives(config.objectives)
     except ValueError as e:
         raise StudyError(f"--objectives: {e}") from None
-    space = load_space(config.space) if config.kind == "search" else None
     data = load_dataset(config.dataset, seed=config.seed, fraction=config.fraction)
-    if config.kind == "scaling":
-        space = ScalingGrid(config.arms(), config.fractions, [config.seed + i for i in range(config.seeds)],
-                            config.epochs, config.epochs_policy, config.res, data.image_size, data.num_classes,
-                            data.in_chans, data.frames)
+    space = SPACES[config.kind](config, data)
     space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans, frames=data.frames)
     if config.storage:
         _open_storage(config.storage)
@@ -176,16 +164,14 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
 
 
 def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
-    import lab
-    from lab.study.search import LabSearch, counted, reconcile
-
     objectives, space, data = prepared
     storage = _open_storage(config.storage or store.optuna_url)
     base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
-                "recipe": config.recipe, "seed": config.seed, "lab_version": lab.__version__}
-    searcher = LabSearch(space, store, objectives, _sampler(config, space),
+                "recipe": config.recipe, "seed": config.seed, "lab_version": __version__}
+    searcher = LabSearch(space, store, objectives, space.sampler(config.sampler, config.seed, config.trials),
                          config.name, storage, base_row, data.num_classes, data.in_chans, config.res)
     reconcile(searcher.study, store, objectives, base_row)
+    assert config.trials is not None  # StudyConfig resolves it
     remaining = config.trials - counted(store.trials().to_pylist())
     if remaining > 0:
         _tune(config, searcher, data, objectives, store, remaining, verbose)
@@ -194,12 +180,6 @@ def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
 
 
 def _tune(config: StudyConfig, searcher, data, objectives, store, remaining: int, verbose: int) -> None:
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-
-    from lab.study.scheduler import ParetoASHA
-
     # failed trials report no accuracy, epochs report no test accuracy: LabSearch reads what each
     # result has, so Tune must not insist that every result carries every objective
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -222,6 +202,4 @@ def _tune(config: StudyConfig, searcher, data, objectives, store, remaining: int
         tuner.fit()
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+                    ray.shutdown()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from lab.study.pareto import pareto_ranks
+from lab.pareto import pareto_ranks
 
 EPOCH_KEYS = ("val_top1", "loss", "macs", "params")   # what a trial's epoch results carry
 

@@ -1,20 +1,29 @@
-"""The study's searcher: Ray Tune's OptunaSearch bound to the study's persistent Optuna study, with
-the grammar space as its define-by-run function, rejection by the cost model before any training,
+"""The study's searcher: a Ray Tune `Searcher` over the study's persistent Optuna study (ask and tell),
+with the search space's define-by-run sampling, rejection by the cost model before any training,
 and the study's Parquet store written by the driver before Optuna is told.
 
 Order matters for resuming after a crash: a trial's fragment is written first, then Optuna is told;
 `reconcile()` settles the trials a killed driver left RUNNING in Optuna from the fragments.
+Only Ray's and Optuna's public APIs are used, but for the one adapter in lab.study.optuna_private.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import optuna
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
-from lab.study.config import StudyError
+from lab.catalog import family_of
+from lab.cost import cost
+from lab.errors import SpecError, StudyError
+from lab.grammar import scale
+from lab.study.optuna_private import live_trial
+from lab.study.space import Point, SearchSpace, describe
+from lab.study.store import StudyStore
 
 MAX_REJECTS = 200          # consecutive rejected points before the space is declared infeasible
 INTERRUPTED = "interrupted: the study's driver stopped during this trial"
@@ -22,32 +31,31 @@ DUPLICATE = "duplicate of trial"   # a rejected point that an earlier trial alre
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-class LabSearch(OptunaSearch):
-    """OptunaSearch whose suggestions are grammar points of `space` that pass the cost model."""
+class LabSearch(Searcher):
+    """Suggests grammar points of `space` that pass the cost model, asking the Optuna study
+    `study_name` in `storage` (created, or loaded when it exists) with `sampler`; records every
+    trial's row in `store` and tells Optuna its outcome. The objectives are read from each trial's
+    own results (Tune's single metric is not used)."""
 
-    def __init__(self, space, store, objectives: list[tuple[str, str]], sampler: optuna.samplers.BaseSampler,
-                 study_name: str, storage: optuna.storages.BaseStorage, base_row: dict, num_classes: int,
-                 in_chans: int, res: int | None = None):
+    def __init__(self, space: SearchSpace, store: StudyStore, objectives: list[tuple[str, str]],
+                 sampler: optuna.samplers.BaseSampler, study_name: str, storage: optuna.storages.BaseStorage,
+                 base_row: dict, num_classes: int, in_chans: int, res: int | None = None):
+        super().__init__(metric=None, mode=None)
         self.lab_space, self.store, self.objectives = space, store, objectives
         self.base_row, self.num_classes, self.in_chans, self.res = base_row, num_classes, in_chans, res
+        self.study = optuna.create_study(
+            storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=study_name,
+            directions=["maximize" if sense == "max" else "minimize" for _, sense in objectives], load_if_exists=True)
+        self._trials: dict[str, optuna.trial.Trial] = {}
         self._epochs: dict[str, list[dict]] = {}
         self._points: dict[str, dict] = {}
         # (grammar text, hyperparameters) -> the trial that trained it: samplers re-propose points
         self._seen: dict[tuple[str, str], int] = {
             (r["text"], r["hparams"]): r["number"]
             for r in store.trials().to_pylist() if r["state"] != "rejected" and r["text"] and r["hparams"]}
-        metrics, modes = [m for m, _ in objectives], [s for _, s in objectives]
-        single = len(objectives) == 1
-        super().__init__(space=lambda trial: None, metric=metrics[0] if single else metrics,
-                         mode=modes[0] if single else modes, sampler=sampler, study_name=study_name,
-                         storage=storage)
-
-    @property
-    def study(self) -> optuna.Study:
-        return self._ot_study
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save for Ray: the study's state is the Optuna database and the Parquet store,
@@ -58,33 +66,31 @@ class LabSearch(OptunaSearch):
 
     # --- sampling -------------------------------------------------------------------------
 
-    def _point(self, trial: optuna.Trial):
+    def _point(self, trial: optuna.trial.Trial) -> tuple[Point, str | None]:
         """Sample a point; returns (point, reason) where reason is None when it may be trained."""
-        import lab
-        from lab.cost import cost
-
         point = self.lab_space.sample(trial, num_classes=self.num_classes, in_chans=self.in_chans)
         if point.reason is not None or self.res is None or point.spec.res == self.res:
             return point, point.reason
         try:   # the study trains at another resolution than the space's: rescale and re-check the budget
-            spec = lab.scale(point.spec, res=self.res)
-        except lab.SpecError as e:
+            spec = scale(point.spec, res=self.res)
+        except SpecError as e:
             return point, f"SpecError at {self.res} px: {e}"
         report = cost(spec, self.num_classes, self.in_chans)
         over = self.lab_space.over_budget(report.macs, report.params)
         over = None if over is None else f"at {self.res} px: {over}"
-        point = type(point)(spec=spec, text=spec.text, hparams=point.hparams, params=report.params, macs=report.macs,
-                            reason=over)
+        # the same sample at another size: its sampled values, run settings and family stay
+        point = dataclasses.replace(point, spec=spec, text=spec.text, params=report.params, macs=report.macs,
+                                    reason=over)
         return point, over
 
     def suggest(self, trial_id: str) -> dict | None:
         for _ in range(MAX_REJECTS):
-            trial = self._ot_study.ask()
+            trial = self.study.ask()
             point, reason = self._point(trial)
             earlier = self._seen.get(self._key(point)) if reason is None else None
             if reason is None and earlier is None:
                 self._seen[self._key(point)] = trial.number
-                self._ot_trials[trial_id] = trial
+                self._trials[trial_id] = trial
                 self._epochs[trial_id] = []
                 self._points[trial_id] = {"point": point, "started_at": now()}
                 return {"number": trial.number, "text": point.text, "hparams": point.hparams,
@@ -93,12 +99,12 @@ class LabSearch(OptunaSearch):
                 reason = f"{DUPLICATE} {earlier}: the same point and hyperparameters"
             row = self._row(trial.number, point, state="rejected", error=reason, started_at=now(), finished_at=now())
             self.store.write_trial(row)
-            tell(self._ot_study, trial.number, row, self.objectives, self._outcome(earlier))
+            tell(self.study, trial, row, self.objectives, self._outcome(earlier))
         raise StudyError(f"{MAX_REJECTS} points of space {self.lab_space.name!r} in a row were invalid, over "
                          f"budget or already tried: its feasible region is empty or tiny (widen the budget or the ranges)")
 
     @staticmethod
-    def _key(point) -> tuple[str, str]:
+    def _key(point: Point) -> tuple[str, str]:
         """What makes two trials the same: the grammar text and the sampled values (the row's hparams)."""
         return point.text, _choices(point)
 
@@ -106,8 +112,7 @@ class LabSearch(OptunaSearch):
         """The Optuna trial `number`, whose outcome a duplicate of it repeats (None: not a duplicate)."""
         if number is None:
             return None
-        return self._ot_study._storage.get_trial(
-            self._ot_study._storage.get_trial_id_from_study_id_trial_number(self._ot_study._study_id, number))
+        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
 
     # --- results --------------------------------------------------------------------------
 
@@ -124,9 +129,9 @@ class LabSearch(OptunaSearch):
         self._settle(trial_id, result, error)
 
     def _settle(self, trial_id: str, result: dict | None, error: bool) -> None:
-        if trial_id not in self._ot_trials:
+        if trial_id not in self._trials:
             return
-        trial = self._ot_trials.pop(trial_id)
+        trial = self._trials.pop(trial_id)
         info = self._points.pop(trial_id)
         epochs = self._epochs.pop(trial_id, [])
         result = result or {}
@@ -140,13 +145,10 @@ class LabSearch(OptunaSearch):
                         finished_at=now(), result=result, epochs=epochs)
         self.store.write_epochs(trial.number, [{"number": trial.number, **e} for e in epochs])
         self.store.write_trial(row)   # the fragment first, Optuna second (see reconcile)
-        tell(self._ot_study, trial.number, row, self.objectives)
-        self._completed_trials.add(trial_id)
+        tell(self.study, trial, row, self.objectives)
 
-    def _row(self, number: int, point, state: str, error: str | None, started_at, finished_at,
-             result: dict | None = None, epochs: list[dict] | None = None) -> dict:
-        from lab.study.space import describe
-
+    def _row(self, number: int, point: Point, state: str, error: str | None, started_at: datetime,
+             finished_at: datetime, result: dict | None = None, epochs: list[dict] | None = None) -> dict:
         result = result or {}
         last = (epochs or [{}])[-1]
         shape = describe(point.spec) if point.spec is not None else {}
@@ -173,12 +175,11 @@ class LabSearch(OptunaSearch):
         if point.family is not None:
             row["family"] = point.family
         elif row.get("family") is None and point.spec is not None:
-            from lab.catalog import family_of
             row["family"] = family_of(point.spec)
         return row
 
 
-def _choices(point) -> str:
+def _choices(point: Point) -> str:
     """The row's `hparams`: the sampled hyperparameters and grammar variables, as sorted JSON."""
     return json.dumps({"recipe": point.hparams, "vars": point.values}, sort_keys=True)
 
@@ -186,9 +187,9 @@ def _choices(point) -> str:
 PENALTY = {"max": 0.0, "min": 1e18}   # the worst value of an objective, for rejected points
 
 
-def tell(study: optuna.Study, number: int, row: dict, objectives: list[tuple[str, str]],
+def tell(study: optuna.Study, trial: optuna.trial.Trial, row: dict, objectives: list[tuple[str, str]],
          original: optuna.trial.FrozenTrial | None = None) -> None:
-    """Tell Optuna how trial `number` ended, as its store row says.
+    """Tell Optuna how `trial` ended, as its store row says.
 
     A rejected point (invalid or over budget; never trained) is a complete Optuna trial whose
     `budget` constraint is violated, with the worst objective values (its known MACs and params
@@ -196,30 +197,29 @@ def tell(study: optuna.Study, number: int, row: dict, objectives: list[tuple[str
     proposing it again (they ignore failed trials). A duplicate of an earlier trial (`original`)
     repeats that trial's outcome: the same point trained with the same seed, told again.
     """
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    study._storage.set_trial_user_attr(trial_id, "state", row["state"])
+    trial.set_user_attr("state", row["state"])
     if row.get("error"):
-        study._storage.set_trial_user_attr(trial_id, "reason", str(row["error"])[:500])
-    values = [row.get(m) for m, _ in objectives]
+        trial.set_user_attr("reason", str(row["error"])[:500])
+    values: list[Any] = [row.get(m) for m, _ in objectives]  # floats where told: None-checked below
     if original is not None:
         if original.state == optuna.trial.TrialState.COMPLETE and original.values is not None:
-            study.tell(number, original.values if len(original.values) > 1 else original.values[0])
+            study.tell(trial, original.values if len(original.values) > 1 else original.values[0])
         else:   # pruned, failed, or still running: nothing to repeat yet
-            study.tell(number, state=original.state if original.state.is_finished() else optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=original.state if original.state.is_finished() else optuna.trial.TrialState.FAIL)
     elif row["state"] == "rejected":
-        optuna.trial.Trial(study, trial_id).set_constraint("budget", 1.0)
+        trial.set_constraint("budget", 1.0)
         values = [v if m in ("macs", "params") and v is not None else PENALTY[sense]
                   for v, (m, sense) in zip(values, objectives)]
-        study.tell(number, values if len(values) > 1 else values[0])
+        study.tell(trial, values if len(values) > 1 else values[0])
     elif row["state"] == "complete" and all(v is not None for v in values):
-        study.tell(number, values if len(values) > 1 else values[0])
+        study.tell(trial, values if len(values) > 1 else values[0])
     elif row["state"] == "pruned":
-        study.tell(number, state=optuna.trial.TrialState.PRUNED)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
-def reconcile(study: optuna.Study, store, objectives: list[tuple[str, str]], base_row: dict) -> int:
+def reconcile(study: optuna.Study, store: StudyStore, objectives: list[tuple[str, str]], base_row: dict) -> int:
     """Settle the trials a killed driver left RUNNING: from their fragment when it was written,
     else as failed (interrupted; they do not count toward the budget). Returns how many were settled."""
     rows = {r["number"]: r for r in store.trials().to_pylist()}
@@ -230,7 +230,7 @@ def reconcile(study: optuna.Study, store, objectives: list[tuple[str, str]], bas
             row = dict(base_row, number=trial.number, state="failed", error=INTERRUPTED, finished_at=now(),
                        hparams=json.dumps(trial.params, sort_keys=True))
             store.write_trial(row)
-        tell(study, trial.number, row, objectives)
+        tell(study, live_trial(study, trial), row, objectives)
         settled += 1
     return settled
 

@@ -27,19 +27,24 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
-import lab
-from lab.errors import LabError, SpecError
+import optuna
+
+from lab import resources
+from lab.cost import steps, totals
+from lab.errors import LabError, SpecError, TrainError
+from lab.grammar import parse
+from lab.kinds import REGISTRY, TRAITS, in_order, traits
 from lab.study import space_yaml
 from lab.study.space_expr import FUNCTIONS, Expr, ExprError, Template
+from lab.train.recipes import Recipe
 
-SPACE_DIR = Path(lab.__file__).resolve().parents[1] / "search_spaces"
-SPACES = ["conv", "hierarchical", "hybrid", "isotropic", "video"]
+# the shipped spaces' folder and names: lab.resources.spaces_dir() and shipped_spaces() (LAB_SPACES overrides)
 
 TOP_KEYS = ("name", "about", "res", "budget", "vars", "stages", "rules", "text", "require", "hparams")
 BUDGET_KEYS = ("max_macs", "max_params", "min_macs", "min_params")
-VAR_KEYS = ("choice", "int", "float", "step", "log", "if")
+VAR_KEYS = ("choice", "kinds", "int", "float", "step", "log", "if")
 STAGE_KEYS = ("count", "vars", "text", "join")
 BUILTINS = {"res": "the input resolution", "i": "the stage index (from 0)", "n": "the number of stages",
             "stages": "the rendered stages", "macs": "the point's MACs (in require)",
@@ -81,6 +86,32 @@ class Point:
         return self.reason is None
 
 
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+class SearchSpace(Protocol):
+    """What a study samples: a YAML search space (`Space`) or a scaling study's grid of cells
+    (lab.study.grid.ScalingGrid). The runner and the searcher know only this."""
+
+    name: str
+
+    def sample(self, trial: Any, num_classes: int = 10, in_chans: int = 1) -> Point:
+        """The point an Optuna trial (define-by-run) samples, with its reason when it may not train."""
+        ...
+
+    def over_budget(self, macs: int, params: int) -> str | None:
+        """Why a point of this cost lies outside the space's budget, or None."""
+        ...
+
+    def check_feasible(self, *, num_classes: int, in_chans: int, frames: int) -> float:
+        """The share of sampled points that may train (SpaceError/StudyError when none may)."""
+        ...
+
+    def sampler(self, name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler that walks the space (`name`: one of SAMPLERS, where the space has a choice)."""
+        ...
+
+
 # --- the parsed form ----------------------------------------------------------------------
 
 @dataclass
@@ -115,11 +146,13 @@ class Rule:
     template: Template | None = None
     expr: Expr | None = None
     cases: dict = field(default_factory=dict)
-    default: "Rule | None" = None
+    default: Rule | None = None
 
     @property
     def names(self) -> frozenset:
-        own = (self.template or self.expr).names if self.kind != "switch" else self.expr.names
+        source = (self.template or self.expr) if self.kind != "switch" else self.expr
+        assert source is not None  # a template or an expression; a switch's key
+        own = source.names
         nested = [r.names for r in self.cases.values()] + ([self.default.names] if self.default else [])
         return own.union(*nested)
 
@@ -135,6 +168,13 @@ class Stages:
 class Space:
     """A loaded, validated search space. Build one with `load_space` or `Space.from_dict`."""
 
+    name: str
+    # the budget's bounds (BUDGET_KEYS; None: unbounded)
+    max_macs: int | None
+    max_params: int | None
+    min_macs: int | None
+    min_params: int | None
+
     def __init__(self, data: Any, where: str = "<space>", lines: dict | None = None, name: str | None = None):
         self.where = where
         self._lines = lines or {}
@@ -142,7 +182,7 @@ class Space:
         self._parse(data, name)
 
     @classmethod
-    def from_dict(cls, data: Mapping, where: str = "<space>") -> "Space":
+    def from_dict(cls, data: Mapping, where: str = "<space>") -> Space:
         """A space from its `to_dict()` form (or any mapping in the YAML format)."""
         return cls(copy.deepcopy(dict(data)), where)
 
@@ -192,9 +232,10 @@ class Space:
 
     def _parse(self, data: Any, name: str | None) -> None:
         d = self._mapping(data, (), TOP_KEYS, required=("res", "text"))
-        self.name = d.get("name", name)
-        if not isinstance(self.name, str) or not self.name:
-            raise self._err(("name",), f"expected a name (text), got {_kind_of(self.name)}")
+        name = d.get("name", name)
+        if not isinstance(name, str) or not name:
+            raise self._err(("name",), f"expected a name (text), got {_kind_of(name)}")
+        self.name = name
         self.about = d.get("about", "")
         if not isinstance(self.about, str):
             raise self._err(("about",), f"expected text, got {_kind_of(self.about)}")
@@ -270,6 +311,8 @@ class Space:
                 raise self._err(path, f"expected a value, a list of choices or a mapping, got {_kind_of(spec)}")
             return Var(vname, "const", path, value=spec)
         self._mapping(spec, path, VAR_KEYS)
+        if "kinds" in spec:   # a choice among the registered kinds with these traits (after any listed choices)
+            spec = self._kinds_choice(spec, path)
         kinds = [k for k in ("choice", "int", "float") if k in spec]
         if len(kinds) != 1:
             raise self._err(path, "expected exactly one of choice: [...], int: [low, high], float: [low, high]"
@@ -321,6 +364,30 @@ class Space:
             step = None if step is None else float(step)
         return Var(vname, kind, path, low=low, high=high, step=step, log=log, cond=cond)
 
+    def _kinds_choice(self, spec: dict, path: tuple) -> dict:
+        """`spec` with its `kinds` selection turned into choices: every registered kind whose traits
+        satisfy the expression (lab.kinds.traits: token_mixer, mixer_family, per_frame, ...), in the
+        lecture's order of token mixers (lab.kinds.in_order), after the listed `choice`s."""
+        if "int" in spec or "float" in spec:
+            raise self._err(path + ("kinds",), "kinds selects choices: it goes with choice, not with a range")
+        expr = self._expr(spec["kinds"], path + ("kinds",))
+        known = {"kind", "role", *TRAITS}
+        unknown = sorted(expr.names - known)
+        if unknown:
+            raise self._err(path + ("kinds",), f"unknown trait {unknown[0]!r} (traits: {', '.join(sorted(known))})")
+        listed = spec.get("choice", [])
+        if not isinstance(listed, list):
+            raise self._err(path + ("choice",), f"expected a list of choices, got {_kind_of(listed)}")
+        try:
+            selected = in_order(name for name, cls in REGISTRY.items() if expr.eval(traits(cls)))
+        except ExprError as e:
+            raise self._err(path + ("kinds",), str(e)) from None
+        if not selected:
+            raise self._err(path + ("kinds",), f"no registered kind has the traits {expr.source!r}")
+        out = {k: v for k, v in spec.items() if k != "kinds"}
+        out["choice"] = listed + [k for k in selected if k not in listed]
+        return out
+
     def _rule(self, body: Any, path: tuple) -> Rule:
         if isinstance(body, str):
             return Rule("template", path, template=self._template(body, path))
@@ -362,8 +429,6 @@ class Space:
         for rname in rnames:
             if rname in seen:
                 raise self._err(("rules", rname), f"rule {rname!r} has the name of a variable ({_path_text(seen[rname])})")
-        from lab.train.recipes import Recipe
-
         fields = [f.name for f in dataclasses.fields(Recipe) if f.name != "name"]
         for v in self.hparams:
             if v.name not in fields:
@@ -423,23 +488,23 @@ class Space:
 
     def _check_hparam(self, v: Var, recipe_cls: type) -> None:
         """The ends of a range and every choice must make a valid recipe (type and bounds)."""
-        from lab.errors import TrainError
-
         ftype = {f.name: str(f.type) for f in dataclasses.fields(recipe_cls)}[v.name]
         values = {"const": [v.value], "choice": list(v.choices)}.get(v.kind, [v.low, v.high])
         for value in values:
             ok = (isinstance(value, bool) if ftype.startswith("bool") else
                   isinstance(value, str) if ftype == "str" else
                   isinstance(value, int) and not isinstance(value, bool) if ftype == "int" else
-                  isinstance(value, (int, float)) and not isinstance(value, bool) or value is None and "None" in ftype)
+                  (isinstance(value, (int, float)) and not isinstance(value, bool)) or (value is None and "None" in ftype))
             if not ok or (ftype == "int" and v.kind == "float"):
-                raise self._err(v.path, f"{v.name} is {ftype}, got {value!r}" + (" from a float range" if v.kind == "float" else ""))
+                raise self._err(v.path, f"{v.name} is {ftype}, got {value!r}"
+                                + (" from a float range" if v.kind == "float" else ""))
             try:
                 recipe_cls(**{v.name: value})
             except TrainError as e:
                 raise self._err(v.path, str(e).replace("recipe 'default': ", "")) from None
 
     def _check_cases(self, rule: Rule) -> None:
+        assert rule.expr is not None  # a switch's key
         src = rule.expr.source
         var = next((v for v in self.vars + (self.stages.vars if self.stages else []) if v.name == src), None)
         if var is None or var.kind != "choice":
@@ -500,11 +565,9 @@ class Space:
         fails a `require` condition comes back with its `reason`; a mistake in the space itself
         raises SpaceError.
         """
-        from lab.cost import totals
-
         x = self._expand(trial)
         try:
-            spec = lab.parse(x.text)
+            spec = parse(x.text)
             total = totals(spec, num_classes, in_chans)
         except SpecError as e:
             return Point(None, x.text, x.hparams, None, None, f"SpecError: {e}", x.values)
@@ -523,6 +586,17 @@ class Space:
             return f"under budget: {params / 1e6:.2f} M params < {_mega(self.min_params)} M params"
         return None
 
+    def sampler(self, name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        """TPE (the default), NSGA-II or random sampling for a study of `trials` trials. Rejected points
+        carry a violated `budget` constraint (lab.study.search.tell), which TPE and NSGA-II read."""
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 2)))
+        if name != "tpe":
+            raise SpaceError(f"sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, trials // 3)), constant_liar=True)
+
     def check_feasible(self, num_classes: int = 10, in_chans: int = 1, tries: int = 300, seed: int = 0,
                        frames: int = 1) -> float:
         """The share of `tries` random points (Optuna's RandomSampler) that are valid and within budget,
@@ -531,13 +605,12 @@ class Space:
         Raises SpaceError when none is: a space whose budget excludes everything fails before any
         study starts.
         """
-        import optuna
-
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(logging.WARNING)
         try:
             study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-            ok, kinds, example = 0, Counter(), None
+            ok, example = 0, None
+            kinds: Counter[str] = Counter()
             for _ in range(tries):
                 point = self.sample(study.ask(), num_classes, in_chans)
                 if point.reason is None and (point.spec.frames > 1) != (frames > 1):
@@ -559,7 +632,7 @@ class Space:
 
     # --- expansion ----------------------------------------------------------------------
 
-    def _expand(self, trial: Any) -> "Expansion":
+    def _expand(self, trial: Any) -> Expansion:
         """Suggest and render: the text, hyperparameters, values, the parameters read, the requirement check."""
         run = _Run(self, trial)
         top = _Scope(run, None, {"res": self.res})
@@ -569,7 +642,8 @@ class Space:
             st = self.stages
             count = st.count if isinstance(st.count, int) else run.eval(st.count, top, ("stages", "count"))
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
-                raise run.error(("stages", "count"), f"the stage count {st.count.source!r} is {count!r}, "
+                # an int count was checked when parsed: here it is an expression
+                raise run.error(("stages", "count"), f"the stage count {cast(Expr, st.count).source!r} is {count!r}, "
                                                      "expected an integer 1..64")
             scopes = []
             for i in range(count):
@@ -595,7 +669,7 @@ class Space:
                     return f"constraint fails: {r.source}"
             return None
 
-        for k, r in enumerate(self.require):   # what a requirement reads counts as read, whatever the cost
+        for r in self.require:   # what a requirement reads counts as read, whatever the cost
             for nm in r.names - {"macs", "params"}:
                 top[nm]
         return Expansion(text, hparams, run.values, frozenset(run.used), requirement)
@@ -622,7 +696,7 @@ class _Run:
         at = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
         return self.space._err(path, message + (f" (with {at})" if at else ""))
 
-    def assign(self, scope: "_Scope", v: Var, param: str) -> bool:
+    def assign(self, scope: _Scope, v: Var, param: str) -> bool:
         if v.cond is not None and not self.eval(v.cond, scope, v.path + ("if",)):
             scope.set(v.name, None, ())
             return False
@@ -632,25 +706,27 @@ class _Run:
         scope.set(v.name, value, (param,))
         return True
 
-    def eval(self, expr: Expr, scope: "_Scope", path: tuple) -> Any:
+    def eval(self, expr: Expr, scope: _Scope, path: tuple) -> Any:
         try:
             return expr.eval(scope)
         except ExprError as e:
             raise self.error(path, str(e)) from None
 
-    def render(self, template: Template, scope: "_Scope", path: tuple) -> str:
+    def render(self, template: Template, scope: _Scope, path: tuple) -> str:
         try:
             return template.render(scope)
         except ExprError as e:
             raise self.error(path, str(e)) from None
 
-    def rule(self, rname: str, scope: "_Scope") -> Any:
+    def rule(self, rname: str, scope: _Scope) -> Any:
         rule = self.space.rules[rname]
         return self._rule(rule, scope)
 
-    def _rule(self, rule: Rule, scope: "_Scope") -> Any:
+    def _rule(self, rule: Rule, scope: _Scope) -> Any:
         if rule.kind == "template":
+            assert rule.template is not None
             return self.render(rule.template, scope, rule.path)
+        assert rule.expr is not None  # an expr rule's expression, a switch's key
         if rule.kind == "expr":
             return self.eval(rule.expr, scope, rule.path)
         key = self.eval(rule.expr, scope, rule.path + ("switch",))
@@ -665,9 +741,10 @@ class _Run:
 class _Scope(Mapping):
     """Names visible to an expression: this scope's variables, then the rules (evaluated here), then the parent's."""
 
-    def __init__(self, run: _Run, parent: "_Scope | None", base: dict | None = None):
+    def __init__(self, run: _Run, parent: _Scope | None, base: dict | None = None):
         self.run, self.parent = run, parent
-        self.values: dict[str, Any] = dict(base or {})
+        # the scope's own variables; shadows Mapping.values(), which nothing calls on a scope
+        self.values: dict[str, Any] = dict(base or {})  # type: ignore[assignment]
         self.params: dict[str, tuple] = {k: () for k in self.values}
         self._rules: dict[str, Any] = {}
 
@@ -696,19 +773,24 @@ class _Scope(Mapping):
 # --- loading ------------------------------------------------------------------------------
 
 def load_space(space: str | Path) -> Space:
-    """A shipped space by name (`search_spaces/NAME.yaml`) or a space file by path."""
+    """A shipped space by name (`NAME.yaml` in lab.resources.spaces_dir(), the shipped search_spaces
+    folder or the folder LAB_SPACES names) or a space file by path."""
     if isinstance(space, Space):
         return space
     path = Path(space)
-    shipped = SPACE_DIR / f"{space}.yaml"
-    if isinstance(space, str) and re.fullmatch(r"[A-Za-z0-9_-]+", space) and shipped.is_file() and space != "named":
-        path, where = shipped, f"search_spaces/{space}.yaml"
+    if isinstance(space, str) and space in resources.shipped_spaces():
+        path = resources.space_file(space)
+        override = resources.spaces_override()
+        where = f"search_spaces/{space}.yaml" if override is None else str(path)
     elif path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise SpaceError(f"{space}: no such space file")
         where = str(space)
     else:
-        raise SpaceError(f"unknown space {str(space)!r} (shipped: {', '.join(SPACES)}; or give a path to a YAML file)")
+        shipped, override = resources.shipped_spaces(), resources.spaces_override()
+        origin = f" in {resources.ENV}={override}" if override is not None else ""
+        names = f"shipped{origin}: {', '.join(shipped)}" if shipped else f"no spaces found in {resources.spaces_dir()}"
+        raise SpaceError(f"unknown space {str(space)!r} ({names}; or give a path to a YAML file)")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -716,8 +798,8 @@ def load_space(space: str | Path) -> Space:
     try:
         data, lines = space_yaml.load(text)
     except space_yaml.YamlError as e:
-        path, line = _path_text(e.path), f"line {e.line}" if e.line else ""
-        loc = f"{path} ({line})" if path and line else path or line
+        key, line = _path_text(e.path), f"line {e.line}" if e.line else ""
+        loc = f"{key} ({line})" if key and line else key or line
         raise SpaceError(f"{where}: {loc + ': ' if loc else ''}{e.message}") from None
     if data is None:
         raise SpaceError(f"{where}: the file is empty")
@@ -730,8 +812,6 @@ def describe(spec: Any) -> dict:
     `layout` is "isotropic" when every stage runs at one resolution (no downsampling between or
     inside stages), "hierarchical" otherwise; `stem` is "patch" when the stem patchifies.
     """
-    from lab.cost import steps
-
     grids = set()
     for step in steps(spec):
         if step.section in ("down", "stage"):
@@ -740,7 +820,7 @@ def describe(spec: Any) -> dict:
     return {
         "kinds": sorted({st.block.kind for st in spec.stages}),
         "layout": "isotropic" if len(grids) <= 1 else "hierarchical",
-        "stem": "patch" if any(op.kind == "patch" for op in spec.stem) else "conv",
+        "stem": "patch" if any(op.patchifies for op in spec.stem) else "conv",
     }
 
 

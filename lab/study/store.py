@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
+import functools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from lab.errors import LabError
-from lab.files import atomic_write
+from lab.files import atomic_write, file_lock
 from lab.train.record import RUN_FIELDS
 
 STATES = ("complete", "pruned", "failed", "rejected")
@@ -215,22 +214,8 @@ class StudyStore:
         return f"sqlite:///{self.folder}/optuna.db"
 
     # locking: fragment writers and readers share the lock, compaction holds it alone
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        lock = self.folder / ".store.lock"
-        try:
-            fh = open(lock, "a")
-        except OSError:        # a read-only study folder: nobody can be writing to it
-            if exclusive:
-                raise
-            yield
-            return
-        with fh:
-            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.folder / ".store.lock", exclusive, read_only_ok=True)
 
     # config
     def save_config(self, config: dict) -> None:
@@ -356,7 +341,7 @@ class StudyStore:
                 table, paths = self._table(compacted, folder, schema, what, sort)
                 if not paths and compacted.exists():
                     continue
-                atomic_write(compacted, lambda tmp: pq.write_table(table, tmp))
+                atomic_write(compacted, functools.partial(pq.write_table, table))
                 for path in paths:
                     path.unlink(missing_ok=True)
 
@@ -373,14 +358,14 @@ class StudyStore:
         for name, table in (("trials", self.trials()), ("epochs", self.epochs())):
             path = dest / f"{name}.{format}"
             if format == "parquet":
-                atomic_write(path, lambda tmp, t=table: pq.write_table(t, tmp))
+                atomic_write(path, functools.partial(pq.write_table, table))
             else:
                 frame = table.to_pandas()
                 for field in table.schema:
                     if pa.types.is_list(field.type):
                         frame[field.name] = [None if v is None else json.dumps(list(v))
                                              for v in frame[field.name]]
-                atomic_write(path, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+                atomic_write(path, functools.partial(frame.to_csv, index=False))
             out.append(path)
         return out
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from lab.data import Dataset
 from lab.errors import TrainError
 from lab.files import file_lock
+from lab.train.recipes import Recipe
+from lab.train.record import read_records
+from lab.train.run import RUNS_TABLE, train
 
 
 def cache_folder(root: str | Path, teacher: str, fraction: float, seed: int, epochs: int) -> Path:
@@ -23,9 +27,6 @@ def cache_folder(root: str | Path, teacher: str, fraction: float, seed: int, epo
 
 def cached_checkpoint(folder: Path) -> Path | None:
     """The checkpoint of the teacher run recorded in `folder`, if one finished."""
-    from lab.train.record import read_records
-    from lab.train.run import RUNS_TABLE
-
     table = folder / RUNS_TABLE
     if not table.exists():
         return None
@@ -35,11 +36,9 @@ def cached_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def teacher_checkpoint(root: str | Path, teacher: dict, data, recipe, seed: int, device: str) -> Path:
+def teacher_checkpoint(root: str | Path, teacher: dict, data: Dataset, recipe: Recipe, seed: int, device: str) -> Path:
     """The checkpoint of `teacher` ({"name", "text"}) trained on `data` (the cell's fraction) with
     `recipe` and `seed`: from the cache, else trained now and cached."""
-    from lab.train.run import train
-
     folder = cache_folder(root, teacher["name"], data.fraction, seed, recipe.epochs)
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / ".lock"):
@@ -50,4 +49,5 @@ def teacher_checkpoint(root: str | Path, teacher: dict, data, recipe, seed: int,
             result = train(teacher["text"], data, recipe=recipe, seed=seed, device=device, out=folder)
         except TrainError as e:
             raise TrainError(f"teacher {teacher['name']!r}: {e}") from None
+        assert result.checkpoint is not None  # an ok run with `out` saves its checkpoint
         return result.checkpoint

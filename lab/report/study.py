@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from lab.errors import StudyError
+from lab.report.fits import curves_from_rows, resolve_metric
+from lab.report.table import render
+from lab.scaling.curves import fit_curves
 from lab.study.claims import ClaimResult, cells, evaluate, parse_claims
-from lab.study.config import StudyConfig, StudyError, find_study
+from lab.study.config import StudyConfig, find_study
+from lab.study.store import StudyStore
+from lab.study.tables import curve_keys, read_studies
+from lab.train.record import read_records
 
 
 @dataclass
@@ -46,8 +53,6 @@ class StudyReport:
 
 
 def _teachers(folder: Path) -> list[dict]:
-    from lab.train.record import read_records
-
     out = []
     for table in sorted((folder / "teachers").glob("*/runs.parquet")):
         for row in read_records(table).to_pylist():
@@ -61,16 +66,12 @@ def _teachers(folder: Path) -> list[dict]:
 def build_report(name: str | Path, root: str | Path | None = None, level: float = 0.95, n_boot: int = 1000,
                  metric: str = "auto", seed: int = 0) -> StudyReport:
     """The report of scaling study `name` (a name under `root`, or a study folder)."""
-    from lab.scaling.curves import fit_curves
-    from lab.scaling.table import curve_keys, curves_from_rows, load_rows, resolve_metric
-    from lab.study.store import StudyStore
-
     folder = find_study(str(name), root)
     config = StudyConfig(**StudyStore(folder).load_config())
     if config.kind != "scaling":
         raise StudyError(f"study {config.name!r} is a search: `lab study report` reads scaling studies "
                          "(`lab study show` summarises a search)")
-    rows, _, _ = load_rows([folder])
+    rows = read_studies([folder]).trials
     states = rows["state"].value_counts().to_dict() if len(rows) else {}
     done = rows[rows["state"] == "complete"]
     metric = resolve_metric(done, metric)
@@ -107,7 +108,9 @@ def build_report(name: str | Path, root: str | Path | None = None, level: float 
 
 
 def _first(frame: pd.DataFrame, column: str):
-    values = frame[column].dropna() if column in frame else []
+    if column not in frame:
+        return None
+    values = frame[column].dropna()
     if not len(values):
         return None
     v = values.iloc[0]
@@ -123,14 +126,13 @@ def _pct(v) -> str:
 
 
 def _table(rows: list[dict]) -> str:
-    from lab.cli.table import render
-
     return render(list(rows[0]), [list(r.values()) for r in rows]) if rows else ""
 
 
 def format_report(report: StudyReport) -> str:
     """The report as text for a terminal."""
     c = report.config
+    assert c.fractions is not None  # a scaling study's config (build_report reads no other)
     lines = [f"study {report.name} ({c.dataset}, {report.metric}; fractions "
              f"{', '.join(f'{f:g}' for f in c.fractions)}; {c.seeds} seed{'s' * (c.seeds > 1)}; "
              f"{c.epochs} epoch{'s' * (c.epochs > 1)} at the largest fraction, {c.epochs_policy})",

@@ -1,14 +1,15 @@
-"""From study rows to scaling curves, and from fits to the `scaling_fits.parquet` table.
+"""From study rows to scaling curves, and from fits to the `scaling_fits.parquet` table (what
+`lab scale fit` prints and writes, and the dashboard's scaling view draws).
 
 A curve is one architecture (one `arch_id`, or one arm of a scaling study: an architecture trained
 one way; per dataset when the studies mix datasets): its complete trials, error = 1 - accuracy
-against the training-set size, the seeds at one size being its runs. Architectures are named as the dashboard names them (a named architecture, natively or
-rescaled: `resnet18@28px,w=0.25`), else by their arch_id.
+against the training-set size, the seeds at one size being its runs. Architectures are named as
+the dashboard names them (a named architecture, natively or rescaled: `resnet18@28px,w=0.25`),
+else by their arch_id.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from lab.errors import ScalingError
 from lab.files import atomic_write
 from lab.scaling.crossover import SPAN, Crossover, crossovers
 from lab.scaling.curves import DEFAULT_LAWS, Curve, CurveFit, fit_curves
+from lab.study.tables import arch_labels, curve_keys, read_studies
 
 METRICS = ("test_top1", "val_top1", "test_top5", "val_top5")
 METRIC_ALIASES = {"test_acc": "test_top1", "val_acc": "val_top1", "acc": "val_top1"}
@@ -39,7 +41,8 @@ FIT_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("dataset", pa.string(), "dataset of its trials"),
     ("metric", pa.string(), "accuracy column the error is 1 minus (test_top1, or val_top1 where a test accuracy is missing)"),
     ("size_column", pa.string(), "what D is: n_train (training images) or fraction"),
-    ("law", pa.string(), "power (a*D^-b), saturating (a*D^-b + c) or broken (slope b, then b2 beyond d_break); null for a degenerate architecture"),
+    ("law", pa.string(), "power (a*D^-b), saturating (a*D^-b + c) or broken (slope b, then b2 beyond d_break); "
+                         "null for a degenerate architecture"),
     ("a", pa.float64(), "the law's coefficient a"),
     ("b", pa.float64(), "the exponent b (below the break, for the broken law)"),
     ("b_lo", pa.float64(), "lower end of b's bootstrap percentile interval"),
@@ -109,56 +112,6 @@ def resolve_size(rows: pd.DataFrame, size: str = "auto") -> str:
     if size not in SIZES:
         raise ScalingError(f"size {size!r}: expected auto, n_train or fraction")
     return size
-
-
-def grid_arm(hparams) -> str | None:
-    """The arm a scaling study's trial belongs to (its hparams' vars.arch), if any."""
-    if not isinstance(hparams, str) or '"arch"' not in hparams:
-        return None
-    try:
-        arch = json.loads(hparams).get("vars", {}).get("arch")
-    except (ValueError, AttributeError):
-        return None
-    return arch if isinstance(arch, str) and arch else None
-
-
-def curve_keys(rows: pd.DataFrame) -> pd.Series:
-    """What makes one curve: a scaling study's arm (one architecture trained one way), else the
-    arch_id (else the text)."""
-    ids = rows["arch_id"] if "arch_id" in rows else pd.Series(None, index=rows.index, dtype=object)
-    ids = ids.fillna(rows["text"] if "text" in rows else "").astype(str)
-    if "hparams" not in rows:
-        return ids
-    arms = pd.Series([grid_arm(h) for h in rows["hparams"]], index=rows.index, dtype=object)
-    return arms.where(arms.notna(), ids)
-
-
-def arch_labels(rows: pd.DataFrame) -> dict[str, str]:
-    """curve key (arch_id, or a scaling study's arm) -> a name: the arm's name (`--archs
-    resnet18@28px,w=0.25`, or the label a recipe file gave it) unless it is grammar text, else the
-    named architecture it is, natively or rescaled (as the dashboard labels it)."""
-    labels: dict[str, str] = {}
-    if "hparams" in rows:
-        for h in rows["hparams"]:
-            arm = grid_arm(h)
-            if arm and "|" not in arm:
-                labels.setdefault(arm, arm)
-    if "label" in rows:
-        named = {a: lab for a, lab in zip(rows["arch_id"], rows["label"]) if isinstance(lab, str) and lab}
-    else:
-        try:
-            from lab.dashboard.data import named_ids
-
-            resolutions = tuple(sorted({int(r) for r in pd.to_numeric(rows["res"], errors="coerce").dropna()}))
-            named = named_ids(resolutions)
-        except Exception:  # noqa: BLE001 - no catalog: arch_ids name the curves, not an error
-            named = {}
-    if "hparams" in rows:   # a grammar-text arm is named as its architecture is
-        for a, h in zip(rows["arch_id"], rows["hparams"]):
-            arm = grid_arm(h)
-            if arm and "|" in arm and a in named:
-                labels.setdefault(arm, named[a])
-    return {**named, **labels}
 
 
 def curves_from_rows(rows: pd.DataFrame, metric: str = "auto", size: str = "auto",
@@ -240,11 +193,16 @@ def fit_rows(fits: list[CurveFit], studies: str = "", metric: str = "", size: st
     return out
 
 
+def _preferred_law(fit: CurveFit) -> str:
+    assert fit.preferred is not None  # a crossover is between two curves' preferred laws
+    return fit.preferred.law.name
+
+
 def crossover_rows(cross: list[Crossover]) -> list[dict]:
     """The crossovers as CROSSOVER_SCHEMA rows."""
     return [{"leader": c.leader.curve.name, "leader_family": c.leader.curve.family,
              "overtaker": c.overtaker.curve.name, "overtaker_family": c.overtaker.curve.family,
-             "leader_law": c.leader.preferred.law.name, "overtaker_law": c.overtaker.preferred.law.name,
+             "leader_law": _preferred_law(c.leader), "overtaker_law": _preferred_law(c.overtaker),
              "d_cross": c.size, "d_lo": _num(c.lo) if not math.isinf(c.lo) else c.lo,
              "d_hi": _num(c.hi) if not math.isinf(c.hi) else c.hi, "p_cross": _num(c.p_cross), "error": c.error,
              "range_lo": c.d_range[0], "range_hi": c.d_range[1], "level": c.level} for c in cross]
@@ -286,33 +244,14 @@ class StudyScaling:
         return fits, cross
 
 
-def load_rows(studies: list[str | Path], root: str | Path | None = None) -> tuple[pd.DataFrame, list[str], list[Path]]:
-    """The trial rows of `studies` (names under `root`, or study folders), with a `study` column."""
-    from lab.study.config import find_study
-    from lab.study.store import StudyStore
-
-    folders = [find_study(str(s), root) for s in studies]
-    frames, names = [], []
-    for folder in folders:
-        store = StudyStore(folder)
-        name = str(store.load_config().get("name") or folder.name)
-        if name in names:
-            raise ScalingError(f"study {name!r} is given twice")
-        trials = store.trials().to_pandas()
-        trials.insert(0, "study", name)
-        frames.append(trials)
-        names.append(name)
-    return pd.concat(frames, ignore_index=True), names, folders
-
-
 def fit_studies(studies: list[str | Path], root: str | Path | None = None, metric: str = "auto",
                 size: str = "auto", laws: tuple[str, ...] | list[str] = DEFAULT_LAWS, n_boot: int = 1000,
                 seed: int = 0, level: float = 0.95) -> StudyScaling:
     """Every architecture's scaling fits over the studies' complete trials, and the crossovers
     between families. Architectures that cannot be fitted carry their reason."""
-    rows, names, folders = load_rows(studies, root)
-    curves, metric, size = curves_from_rows(rows, metric, size)
+    rows = read_studies(studies, root)
+    curves, metric, size = curves_from_rows(rows.trials, metric, size)
     if not curves:
-        raise ScalingError(f"no complete trial with a {metric} in {'+'.join(names)}: nothing to fit")
+        raise ScalingError(f"no complete trial with a {metric} in {'+'.join(rows.names)}: nothing to fit")
     fits = fit_curves(curves, laws, n_boot=n_boot, seed=seed, level=level)
-    return StudyScaling(names, folders, metric, size, fits, crossovers(fits, level=level))
+    return StudyScaling(rows.names, rows.folders, metric, size, fits, crossovers(fits, level=level))

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from lab.errors import ScalingError
-from lab.scaling.table import arch_labels, curve_keys, resolve_metric
-from lab.study.pareto import pareto_mask
+from lab.pareto import pareto_mask
+from lab.report.fits import resolve_metric
+from lab.study.tables import arch_labels, curve_keys
 
 # cost column -> what it is
 COSTS = {
@@ -48,7 +49,7 @@ def frontier(rows: pd.DataFrame, cost: str = "macs", metric: str = "auto") -> pd
     front = front.assign(arch=[names.get(k, names.get(a, a)) for k, a in zip(curve_keys(front), front["arch_id"])])
     columns = [c for c in ("study", "number", "arch", "arch_id", "family", "text", "n_train", "fraction") if c in front]
     out = front[columns + [metric] + ([cost] if cost != metric else [])].reset_index(drop=True)
-    out.attrs.update(metric=metric, cost=cost, trials=int(len(done)))
+    out.attrs.update(metric=metric, cost=cost, trials=len(done))
     return out
 
 
