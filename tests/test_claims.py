@@ -166,7 +166,7 @@ def test_a_claims_verdict_summarises_its_comparisons(verdicts, overall):
     assert r.verdict == overall
 
 
-def test_a_tiny_study_with_a_mixup_arm_and_a_distilling_arm(tmp_path, capsys):
+def test_a_tiny_study_with_a_mixup_arm_and_a_distilling_arm(tmp_path, capsys, local_ray):
     """Arms of one architecture trained two ways are two curves; a distilling arm's teacher is
     trained once per (fraction, seed) and cached; the report and the dashboard state the claims."""
     from lab.cli.main import main

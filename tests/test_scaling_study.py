@@ -75,7 +75,7 @@ def test_a_long_run_validates_every_kth_epoch_and_the_last():
     assert result.record["val_top1"] == seen[-1]["val_top1"] and result.record["epochs_done"] == 20
 
 
-def test_a_tiny_scaling_study_end_to_end(tmp_path):
+def test_a_tiny_scaling_study_end_to_end(tmp_path, local_ray):
     import optuna
 
     from lab.study.runner import create

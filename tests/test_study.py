@@ -51,7 +51,7 @@ def _agree(folder: Path, name: str) -> list[dict]:
     return rows
 
 
-def test_a_small_study_end_to_end(tmp_path):
+def test_a_small_study_end_to_end(tmp_path, local_ray):
     folder = create(StudyConfig(name="e2e", space="hybrid", trials=4, **SMALL), root=tmp_path, verbose=0)
     rows = _agree(folder, "e2e")
     trained = [r for r in rows if r["state"] != "rejected"]
@@ -70,7 +70,7 @@ def test_a_small_study_end_to_end(tmp_path):
     assert not list((folder / "trials").glob("*.parquet"))   # compacted
 
 
-def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, local_ray):
     space = tmp_path / "bad_recipe.yaml"
     space.write_text(BAD_RECIPE_SPACE)
     folder = create(StudyConfig(name="fails", space=str(space), trials=2, **SMALL), root=tmp_path, verbose=0)
@@ -119,7 +119,7 @@ def test_bad_study_input_is_one_line_exit_2_and_leaves_no_study(tmp_path, capsys
     assert not (tmp_path / "studies" / "bad").exists()
 
 
-def test_study_cli_show_list_export(tmp_path, capsys):
+def test_study_cli_show_list_export(tmp_path, capsys, local_ray):
     root = str(tmp_path / "studies")
     rc = main(["study", "create", "--name", "cli", "--root", root, "--quiet", "--trials", "2", "--fraction", "0.05",
                "--epochs", "1", "--space", "conv"])
@@ -140,7 +140,7 @@ def test_study_cli_show_list_export(tmp_path, capsys):
 
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
+def test_resume_after_the_driver_is_killed(tmp_path, local_ray):
     root = tmp_path / "studies"
     folder = root / "r"
     cmd = [sys.executable, "-m", "lab.cli.main", "study", "create", "--name", "r", "--root", str(root), "--quiet",
@@ -178,8 +178,10 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 def test_a_study_on_a_ray_cluster(tmp_path):
     # a cluster of its own (a head node's GCS and raylet, as `ray start --head` makes them), stopped
     # by itself: `ray stop` would stop every Ray on the machine, a parallel test's too
+    import ray
     from ray.cluster_utils import Cluster
 
+    ray.shutdown()   # a Ray this worker's earlier studies shared (tests/conftest.py: local_ray) would be used instead
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
         folder = create(StudyConfig(name="cluster", space="conv", trials=2, address=cluster.address, **SMALL),

@@ -31,20 +31,22 @@ def naive_window_attention(m, x: torch.Tensor) -> torch.Tensor:
     n_pad = math.prod(padded)
     q, k, v = m.qkv(full.view(b, n_pad, c)).view(b, -1, 3, heads, hd).permute(2, 0, 3, 1, 4)
     scores = (q * hd ** -0.5) @ k.transpose(-1, -2)
-    allowed = torch.zeros(n_pad, n_pad, dtype=torch.bool)
-    bias = torch.zeros(heads, n_pad, n_pad)
     table = m.relative_position_bias_table
     pos = list(itertools.product(*(range(p) for p in padded)))
     rolled = [tuple((i - s) % p for i, s, p in zip(ps, shift, padded)) for ps in pos]
+    allowed = [[False] * n_pad for _ in range(n_pad)]
+    entry = [[0] * n_pad for _ in range(n_pad)]   # the table row of each allowed pair (plain lists: fast to fill)
     for a, (pa, ra) in enumerate(zip(pos, rolled)):
         for bb, (pb, rb) in enumerate(zip(pos, rolled)):
             same_window = all(i // M == j // M for i, j, M in zip(ra, rb, window))
             same_side = all((i < s) == (j < s) for i, j, s in zip(pa, pb, shift))
             if same_window and same_side:
-                allowed[a, bb] = True
+                allowed[a][bb] = True
                 (dt, dy, dx), (mt, mh, mw) = ((i % M) - (j % M) for i, j, M in zip(ra, rb, window)), window
-                bias[:, a, bb] = table[((dt + mt - 1) * (2 * mh - 1) + dy + mh - 1) * (2 * mw - 1) + dx + mw - 1]
-    scores = (scores + bias).masked_fill(~allowed, float("-inf"))
+                entry[a][bb] = ((dt + mt - 1) * (2 * mh - 1) + dy + mh - 1) * (2 * mw - 1) + dx + mw - 1
+    mask = torch.tensor(allowed)
+    bias = table[torch.tensor(entry)].permute(2, 0, 1) * mask   # (heads, N, N); 0 where not allowed
+    scores = (scores + bias).masked_fill(~mask, float("-inf"))
     out = scores.softmax(-1) @ v  # (B, heads, N, hd)
     out = m.proj(out.transpose(1, 2).reshape(b, n_pad, c)).view(b, *padded, c)
     return out[:, :grid[0], :grid[1], :grid[2]].reshape(b, n, c)

@@ -71,6 +71,7 @@ def _permuted_teacher(tmp_path) -> str:
     return str(save_checkpoint(tmp_path / "teacher", model, meta))
 
 
+@pytest.mark.slow   # a full-length run on mnist5k (a teacher, then 8 student epochs on 4,000 images): ~70-110 s
 def test_the_distillation_head_learns_the_teachers_labels(tmp_path):
     teacher_path = _permuted_teacher(tmp_path)
     student = train(STUDENT, "mnist5k", recipe="vit", epochs=8, batch_size=32, lr=2e-3, distill_from=teacher_path,

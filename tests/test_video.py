@@ -174,7 +174,7 @@ def test_train_a_video_point_on_moving_digits(tmp_path):
     assert bare.record["frames"] == 16
 
 
-def test_a_tiny_video_study_end_to_end(tmp_path):
+def test_a_tiny_video_study_end_to_end(tmp_path, local_ray):
     from lab.study.config import StudyConfig
     from lab.study.runner import create
     from lab.study.store import StudyStore

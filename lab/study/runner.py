@@ -108,14 +108,16 @@ def _check_address(address: str) -> None:
         raise StudyError(f"--address {address}: no Ray head answers there ({e})") from None
 
 
-def _start_ray(config: StudyConfig) -> bool:
-    """Connect to the cluster at --address, or start Ray on this machine. Returns whether we started it."""
+def start_ray(address: str | None = None) -> bool:
+    """Connect to the Ray cluster at `address`, or start Ray on this machine, unless this process is
+    connected already (a notebook's own Ray, or one a test worker shares among its studies: a study
+    then runs on it and leaves it running). Returns whether it was started here."""
     if ray.is_initialized():
         return False
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
-    if config.address:
-        _check_address(config.address)
-        ray.init(address=config.address, runtime_env=env, log_to_driver=False, configure_logging=False)
+    if address:
+        _check_address(address)
+        ray.init(address=address, runtime_env=env, log_to_driver=False, configure_logging=False)
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  configure_logging=False, runtime_env=env)
@@ -183,7 +185,7 @@ def _tune(config: StudyConfig, searcher, data, objectives, store, remaining: int
     # failed trials report no accuracy, epochs report no test accuracy: LabSearch reads what each
     # result has, so Tune must not insist that every result carries every objective
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    started = _start_ray(config)
+    started = start_ray(config.address)
     try:
         scheduler = (ParetoASHA(objectives, config.epochs, grace_period=1, reduction_factor=3)
                      if config.scheduler == "asha" else FIFOScheduler())
