@@ -33,7 +33,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if not args.serve and (args.port is not None or args.host is not None):
         raise LabError(f"{'--port' if args.port is not None else '--host'} needs --serve")
     try:

@@ -9,10 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from lab.cli.args import ROOT_HELP, level, samples
-from lab.pareto import pareto_front, parse_objectives
 from lab.report.table import render
-from lab.study.config import StudyConfig, find_study, read_recipe_file, studies_root
-from lab.study.store import StudyStore
 
 # flag -> StudyConfig field, for the settings `create` takes (None: not given on the command line)
 SETTINGS = {
@@ -98,6 +95,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    from lab.study.config import StudyConfig, read_recipe_file  # lazy: start-up time
 
     settings = read_recipe_file(args.recipe_file) if args.recipe_file else {}
     settings.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None})
@@ -150,12 +148,15 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from lab.study.config import find_study  # lazy: start-up time
 
     return _print_summary(find_study(args.name, args.root), json_out=args.json)
 
 
 def summary(folder: Path) -> dict:
     """A study's settings, its trials by state and its Pareto set (complete trials only)."""
+    from lab.pareto import pareto_front, parse_objectives  # lazy: start-up time
+    from lab.study.store import StudyStore  # lazy: start-up time
 
     store = StudyStore(folder)
     config = store.load_config()
@@ -199,6 +200,7 @@ def _print_summary(folder: Path, json_out: bool) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from lab.study.config import studies_root  # lazy: start-up time
 
     root = studies_root(args.root)
     infos = [summary(p.parent) for p in sorted(root.glob("*/study.yaml"))] if root.exists() else []
@@ -217,6 +219,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from lab.study.config import find_study  # lazy: start-up time
+    from lab.study.store import StudyStore  # lazy: start-up time
 
     folder = find_study(args.name, args.root)
     paths = StudyStore(folder).export(args.out or folder / "export", args.format)

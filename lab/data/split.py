@@ -46,7 +46,7 @@ def stratified_split(labels: torch.Tensor, val: float, test: float) -> tuple[tor
         n_val, n_test = max(0, min(n_val, len(idx) - 1)), max(0, n_test)
         for part, sel in zip(parts, (idx[n_val + n_test :], idx[:n_val], idx[n_val : n_val + n_test])):
             part.append(sel)
-    return tuple(torch.sort(torch.cat(p)).values if p else torch.empty(0, dtype=torch.int64) for p in parts)  # type: ignore[return-value]
+    return tuple(torch.sort(torch.cat(p)).values if p else torch.empty(0, dtype=torch.int64) for p in parts)
 
 
 def check_fraction(fraction: object) -> float:

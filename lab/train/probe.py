@@ -51,7 +51,7 @@ def features(model: nn.Module, x: Tensor) -> Tensor:
     forward_head(..., pre_logits=True)."""
     head = getattr(model, "head", None)
     if hasattr(model, "forward_features") and isinstance(head, nn.Sequential) and len(head):
-        x = model.forward_features(x)  # type: ignore[operator]  # nn.Module.__getattr__ types it Tensor | Module
+        x = model.forward_features(x)
         *body, last = head
         for module in body:
             x = module(x)
@@ -61,7 +61,7 @@ def features(model: nn.Module, x: Tensor) -> Tensor:
             x = last(x)
         return x.flatten(1)
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-        return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)  # type: ignore[operator]  # as above
+        return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
     raise TypeError(f"cannot take features of a {type(model).__name__}: expected forward_features and "
                     "an nn.Sequential head ending in the classifier (or timm's forward_head(pre_logits=True))")
 
