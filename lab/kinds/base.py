@@ -186,6 +186,9 @@ def register(cls: type[KindT]) -> type[KindT]:
     if issubclass(cls, Block) and cls.mixer_family not in MIXER_FAMILIES:
         raise RuntimeError(f"kind {cls.kind!r}: mixer_family {cls.mixer_family!r} is not one of "
                            f"{', '.join(MIXER_FAMILIES)}")
+    if issubclass(cls, Block) and cls.token_mixer != (cls.mixer_family != "conv"):
+        raise RuntimeError(f"kind {cls.kind!r}: a token mixer's mixer_family is not conv, and a conv "
+                           f"block's is (token_mixer={cls.token_mixer}, mixer_family={cls.mixer_family!r})")
     REGISTRY[cls.kind] = cls
     return cls
 
