@@ -268,6 +268,11 @@ MALFORMED = [
     ("merge-with-cls", "@32 | patch(p=4,c=64),cls | mhsa 1x64, 1x128/merge | ln,token,fc", "merge",
      "stages[1].down[0]"),
     ("leading-space", "  @32 | conv(c=16,k=abc),bn | basic 1x16 | gap,fc", "abc", "stem[0].k"),
+    # digits are ASCII (Python's int() reads '@2𝟗4' as 294) and numbers are short
+    ("non-ascii-digit", "@2𝟗4 | conv(c=16),bn | basic 1x16 | gap,fc", "𝟗", None),
+    ("fullwidth-digit", "@32 | conv(c=1６),bn | basic 1x16 | gap,fc", "６", None),
+    ("arabic-indic-depth", "@32 | conv(c=16),bn | basic ٣x16 | gap,fc", "٣x16", None),
+    ("overlong-width", "@32 | conv(c=16),bn | basic 1x" + "6" * 41 + " | gap,fc", "6" * 41, None),
 ]
 
 

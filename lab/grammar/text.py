@@ -20,10 +20,14 @@ from lab.errors import SpecError
 from lab.grammar.spec import Spec, Stage, make_kind
 from lab.kinds import Block, Kind, Op
 
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_INT = re.compile(r"[-+]?\d+$")
+# digits are ASCII: Python's \d, int() and str.isdigit() also take other scripts' digits ('𝟗', '٣')
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_INT = re.compile(r"[-+]?[0-9]+$")
+_DIGITS = re.compile(r"[0-9]+")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_STAGE = re.compile(r"(\d+)x(\d+)")
+_STAGE = re.compile(r"([0-9]+)x([0-9]+)")
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
+MAX_NUMBER = 40   # characters of one number (Python refuses int() of over 4300 digits with a ValueError)
 
 
 class _Parser:
@@ -63,12 +67,18 @@ class _Parser:
         self.i = m.end()
         return m.group(), m.start()
 
+    def number(self, text: str, start: int) -> str:
+        """`text`, a number token at `start`, when it is not too long to be one."""
+        if len(text) > MAX_NUMBER:
+            raise self.fail(f"a number of {len(text)} characters (at most {MAX_NUMBER})", start)
+        return text
+
     def value(self) -> Any:
         self.ws()
         m = _NUMBER.match(self.text, self.i)
         if m and not _IDENT.match(self.text, m.end()):
             self.i = m.end()
-            tok = m.group()
+            tok = self.number(m.group(), m.start())
             return int(tok) if _INT.match(tok) else float(tok)
         m = _IDENT.match(self.text, self.i)
         if m:
@@ -78,12 +88,12 @@ class _Parser:
 
     def integer(self, what: str, path: str) -> int:
         self.ws()
-        m = re.compile(r"\d+").match(self.text, self.i)
+        m = _DIGITS.match(self.text, self.i)
         if not m:
             raise self.fail(f"expected {what}, {self.found()}")
         self.cols[path] = m.start() + 1
         self.i = m.end()
-        return int(m.group())
+        return int(self.number(m.group(), m.start()))
 
     # --- grammar --------------------------------------------------------------------
     def call(self, role: str, path: str) -> Kind:
@@ -140,12 +150,13 @@ class _Parser:
         self.cols[f"{path}.block"] = block_col
         for key, col in group_cols.items():
             self.cols[f"{path}.block.{key}"] = col
+        depth, width = (int(self.number(m.group(k), m.start(k))) for k in (1, 2))
         self.i = m.end()
         stride, down = 1, []
         if self.peek() == "/":
             self.i += 1
             ch = self.peek()
-            if ch.isdigit():
+            if ch and ch in "0123456789":
                 stride = self.integer("a stride", f"{path}.stride")
             elif ch == "(":
                 self.i += 1
@@ -154,7 +165,7 @@ class _Parser:
             else:
                 down = [self.call("op", f"{path}.down[0]")]
         try:  # Stage checks that the block is a Block and the transition's kinds are Ops
-            return Stage(cast(Block, block), int(m.group(1)), int(m.group(2)), stride, cast(tuple[Op, ...], tuple(down)))
+            return Stage(cast(Block, block), depth, width, stride, cast(tuple[Op, ...], tuple(down)))
         except SpecError as e:
             raise e.at(path).with_col(self.col_of(e.at(path).path)) from None
 
@@ -225,4 +236,8 @@ def parse(text: str) -> Spec:
         raise SpecError(f"expected grammar text, got {type(text).__name__}")
     if "\n" in text.strip():
         raise SpecError("grammar text is one line", col=text.index("\n") + 1)
+    bad = _NOT_ASCII.search(text)
+    if bad:   # names are [A-Za-z0-9_], numbers [0-9]: '@2𝟗4' is not '@294'
+        raise SpecError(f"unexpected character {bad.group()!r} (U+{ord(bad.group()):04X}): grammar text is ASCII",
+                        col=bad.start() + 1)
     return _Parser(text).spec()

@@ -864,6 +864,8 @@ def _number(value: Any, suffixes: bool = False) -> float | None:
         return value if math.isfinite(value) else None
     if isinstance(value, str):
         s = value.strip().replace("_", "")
+        if not s.isascii():   # float() would read other scripts' digits ('６0M')
+            return None
         scale = 1.0
         if suffixes and s[-1:] in _SUFFIX:
             s, scale = s[:-1], _SUFFIX[s[-1]]
