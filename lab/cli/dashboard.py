@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
     p.add_argument("--serve", action="store_true",
                    help="serve the page over HTTP and re-render it as the study adds trials (Ctrl-C stops)")
-    p.add_argument("--host", default=None, help="with --serve: the address to listen on (default 127.0.0.1)")
+    p.add_argument("--host", default=None, help="with --serve: the address to listen on (default 127.0.0.1; another "
+                                                "than loopback makes the dashboards readable from the network)")
     p.add_argument("--port", type=_port, default=None, help=f"with --serve: the port (default {DEFAULT_PORT}; 0: any)")
     p.set_defaults(run=run)
 

@@ -26,10 +26,13 @@ import plotly.graph_objects as go
 from lab.dashboard import figures as F
 from lab.dashboard.data import DashboardData, load
 from lab.dashboard.views import VIEWS, Context, View
+from lab.errors import LabError
 from lab.files import atomic_write
 from lab.study.config import find_study, studies_root
 
 INDEX = "index.html"
+INDEX_MARKER = "<meta name='lab-dashboard-index' content='1'>"   # what marks an index.html as the lab's
+PLOTLY_JS = re.compile(r"plotly-[0-9][0-9A-Za-z.+-]*\.min\.js")   # the name plotly.js is written under
 
 
 def default_out(name: str, root: str | Path | None = None) -> Path:
@@ -55,7 +58,7 @@ def _write_plotly_js(folder: Path) -> str:
 
     name = plotly_js_name()
     path = folder / name
-    if not path.is_file() or path.stat().st_size < 1000:
+    if not path.is_file() or path.stat().st_size < 1000:   # (lab_wrote has vouched for a file there)
         atomic_write(path, lambda tmp: Path(tmp).write_text(get_plotlyjs(), encoding="utf-8"))
     return name
 
@@ -336,6 +339,12 @@ def render(studies: Sequence[str | Path], out: str | Path | None = None, root: s
     if out is not None and (path.is_dir() or str(out).endswith(("/", os.sep)) or path.suffix.lower() != ".html"):
         path = path / f"{data.name}.html"
     path = path.resolve()
+    if path.name.lower() == INDEX:
+        raise LabError(f"cannot write the dashboard to {path}: {INDEX} is the folder's index of dashboards; "
+                       f"name the page otherwise")
+    # every file this render writes is checked before any is written: a refusal leaves the folder as it was
+    for target in [path] + ([] if inline else [path.parent / plotly_js_name()]) + ([path.parent / INDEX] if index else []):
+        check_ours(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     src = None if inline else _write_plotly_js(path.parent)
     page = build_page(data, inline=inline, plotly_src=src, stamp=stamp, serve=serve, gl_threshold=gl_threshold,
@@ -349,13 +358,49 @@ def render(studies: Sequence[str | Path], out: str | Path | None = None, root: s
 _META = re.compile(r"<meta name='lab-dashboard' content='([^']*)'>")
 
 
+_PLOTLY_BANNER = "/**\n* plotly.js v"   # how plotly.js begins
+_OLD_INDEX = "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lab dashboards</title><style>"
+
+
+def _head(path: Path, size: int = 8192) -> str | None:
+    """The first `size` characters of a regular file (never opens a FIFO or a device); None if none."""
+    try:
+        if not path.is_file():
+            return None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(size)
+    except (OSError, ValueError):
+        return None
+
+
+def lab_wrote(path: Path) -> bool:
+    """Whether `path` is a regular file that the dashboard writes, as its content says: a page (its
+    lab-dashboard meta tag), a folder's index.html (its marker, or the exact opening of an index
+    written before the marker) or plotly.js under its versioned name (plotly's banner)."""
+    head = _head(path)
+    if head is None:
+        return False
+    if PLOTLY_JS.fullmatch(path.name):
+        return head.startswith(_PLOTLY_BANNER)
+    if path.name.lower() == INDEX:
+        return INDEX_MARKER in head or head.startswith(_OLD_INDEX)
+    return path.suffix.lower() == ".html" and _meta(head) is not None
+
+
+def check_ours(path: Path) -> None:
+    """LabError, naming `path`, unless it is absent or a file the lab wrote (which a render may replace)."""
+    if os.path.lexists(path) and not lab_wrote(path):
+        raise LabError(f"not overwriting {path}: it exists and lab did not write it "
+                       f"(move it away, or render elsewhere with --out)")
+
+
 def page_info(path: Path) -> dict | None:
     """The metadata a dashboard page carries in its head; None for another HTML file."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            head = f.read(8192)
-    except OSError:
-        return None
+    head = _head(path)
+    return None if head is None else _meta(head)
+
+
+def _meta(head: str) -> dict | None:
     m = _META.search(head)
     if not m:
         return None
@@ -366,8 +411,10 @@ def page_info(path: Path) -> dict | None:
 
 
 def write_index(folder: str | Path) -> Path:
-    """FOLDER/index.html: a link to every dashboard page in the folder."""
+    """FOLDER/index.html: a link to every dashboard page in the folder (LabError if an index.html
+    there is not the lab's)."""
     folder = Path(folder)
+    check_ours(folder / INDEX)
     rows = []
     for page in sorted(folder.glob("*.html")):
         if page.name == INDEX:
@@ -385,7 +432,7 @@ def write_index(folder: str | Path) -> Path:
     body = ("<table><thead><tr><th>dashboard</th><th>studies</th><th>trials</th><th>by state</th>"
             "<th>best accuracy</th><th>rendered (UTC)</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
             if rows else "<p class='empty'>No dashboards rendered yet: <code>lab dashboard STUDY</code>.</p>")
-    text = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lab dashboards</title>"
+    text = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{INDEX_MARKER}<title>lab dashboards</title>"
             f"<style>{CSS}</style></head><body><header><h1>lab dashboards</h1>"
             f"<div class='help'>Every rendered study in {html.escape(str(folder.resolve()))}.</div></header>"
             f"<main>{body}</main></body></html>")
