@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from lab.cli.args import bounded
+from lab.cli.args import bounded, number, whole
+from lab.report.jsonable import to_json
 
 _fraction = bounded(float, lambda x: 0 < x <= 1, "a number in (0, 1]")
 _positive = bounded(int, lambda n: n >= 1, "an integer >= 1")
@@ -23,9 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default="default", choices=list(PRESETS), help="training preset (default: default)")
     p.add_argument("--epochs", type=_positive, help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=_positive, help="batch size (default: the recipe's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--lr", type=number, help="peak learning rate (default: the recipe's)")
     p.add_argument("--fraction", type=_fraction, default=1.0, help="stratified fraction of the training split, in (0, 1]")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and augmentation")
+    p.add_argument("--seed", type=whole, default=0, help="seed of initialization, data order and augmentation")
     p.add_argument("--res", type=_positive, help="input resolution (default: the point's @px, else the dataset's image size)")
     p.add_argument("--distill-from", metavar="CKPT", help="a lab checkpoint (model.pt) to distill from, DeiT style")
     p.add_argument("--distill", choices=["hard", "soft"], help="distillation kind (default: the recipe's, hard)")
@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start from pretrained weights: timm:NAME (downloads through timm) or a checkpoint file "
                         "(lab's, or timm's layout); a classifier of another class count is re-initialized")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse a point whose estimated training memory exceeds SIZE (8GiB, 500MB; "
+                        "default: what the device has available), before it is built")
     p.add_argument("--out", default="runs", help="folder of checkpoints and runs.parquet (default runs)")
     p.add_argument("--data-root", help="where downloadable datasets live (default $LAB_DATA or ~/.cache/lab/data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,16 +60,18 @@ def summary_line(record: dict, label: str) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from lab.memory import parse_size  # lazy: start-up time
     from lab.train.recipes import recipe  # lazy: start-up time
     from lab.train.run import train  # lazy: start-up time
 
+    max_memory = parse_size(args.max_memory) if args.max_memory is not None else None
     rec = recipe(args.recipe, distill=args.distill)
     result = train(args.arch, args.dataset, recipe=rec, epochs=args.epochs, batch_size=args.batch_size,
                    lr=args.lr, fraction=args.fraction, seed=args.seed, res=args.res,
                    distill_from=args.distill_from, init=args.init, device=args.device, out=args.out, data_root=args.data_root,
-                   progress=not args.no_progress and sys.stderr.isatty())
+                   progress=not args.no_progress and sys.stderr.isatty(), max_memory=max_memory)
     if args.json:
-        print(json.dumps(result.record, default=str))
+        print(to_json(result.record))
     else:
         if result.init_note:
             print(f"init: {result.init_note}")

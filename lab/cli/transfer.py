@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from lab.cli.args import bounded
+from lab.report.jsonable import to_json
 from lab.report.table import render
 
 
@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-finetune", action="store_true", help="probes only")
     p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialized network")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse a checkpoint whose estimated memory (probe or fine-tune) exceeds SIZE (8GiB, 500MB; "
+                        "default: what the device has available)")
     p.add_argument("--out", default="runs", help="folder of runs.parquet (and fine-tune checkpoints); default runs")
     p.add_argument("--data-root", help="where downloadable datasets live")
     p.add_argument("--json", action="store_true", help="print every recorded row as JSON lines")
@@ -45,15 +48,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_transfer(args: argparse.Namespace) -> int:
+    from lab.memory import parse_size  # lazy: start-up time
     from lab.train.transfer import transfer  # lazy: start-up time
 
+    max_memory = parse_size(args.max_memory) if args.max_memory is not None else None
     result = transfer(args.checkpoint, args.dataset, shots=args.shots, seeds=range(args.seeds), method=args.method,
                       finetune=not args.no_finetune, steps=args.steps, baseline=not args.no_baseline,
                       device=args.device, out=args.out, data_root=args.data_root,
-                      progress=sys.stderr.isatty() and not args.json)
+                      progress=sys.stderr.isatty() and not args.json, max_memory=max_memory)
     if args.json:
         for record in result.records:
-            print(json.dumps(record, default=str))
+            print(to_json(record))
         return 0
     rows = [(s["recipe"], "checkpoint" if s["init"] != "random" else "random", s["shots"],
              f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f}", s["seeds"]) for s in result.summary()]

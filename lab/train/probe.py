@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from lab.data import Augment, load_dataset
 from lab.data.split import few_shot
+from lab.grammar import parse
 from lab.kinds.tokens import DistilledHead
+from lab.memory import require_fits
 from lab.train.checkpoint import check_input, load_checkpoint
 
 METHODS = ("ridge", "lbfgs")
@@ -207,13 +209,17 @@ def few_shot_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
 
 
 def probe_checkpoint(checkpoint, dataset: str, shots: Sequence[int] = (1, 5, 10, 25), seeds: Sequence[int] = (0, 1, 2),
-                     method: str = "ridge", device: str = "cpu", data_root: str | None = None) -> dict:
+                     method: str = "ridge", device: str = "cpu", data_root: str | None = None,
+                     max_memory: int | None = None) -> dict:
     """BiT few-shot probe of a lab checkpoint's frozen features on `dataset`: supports are drawn from
     its train split, accuracy is measured on its test split. Returns few_shot_probe's dict plus the
-    checkpoint, dataset and feature width."""
+    checkpoint, dataset and feature width. A model whose estimated inference memory (lab.memory) exceeds
+    `max_memory` bytes (default: what `device` has available) is refused (TrainError) before it runs."""
     model, meta = load_checkpoint(checkpoint)
     ds = load_dataset(dataset, root=data_root, size=meta["res"])
     frames = check_input(meta, ds)
+    require_fits(parse(meta["text"]), 256, meta["num_classes"], meta["in_chans"], max_memory, device=device,
+                 train=False, label=str(checkpoint))
     model = model.to(device)
     transform = Augment(ds, res=meta["res"], train=False, frames=frames)
     train_x, train_y = extract_features(model, ds.train.batches(256, shuffle=False, device=device), transform)

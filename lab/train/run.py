@@ -33,10 +33,10 @@ from lab.data.split import Batches
 from lab.errors import TrainError
 from lab.grammar import Spec, scale
 from lab.interop.timm import init_weights
-from lab.train.checkpoint import load_checkpoint, save_checkpoint
+from lab.memory import require_fits
+from lab.train.checkpoint import load_checkpoint, save_run
 from lab.train.recipes import Recipe
 from lab.train.recipes import recipe as make_recipe
-from lab.train.record import append_record
 
 if TYPE_CHECKING:
     from lab.train.module import Teacher
@@ -169,16 +169,31 @@ class Fitted:
         return self.history[-1]["loss"] if self.history else None
 
 
+LIGHTNING_PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed"}   # lab.memory's names -> Lightning's
+
+
+def precision_of(device: torch.device) -> str:
+    """The precision a run trains in on `device`: bf16 mixed precision on a GPU that has it, else fp32."""
+    return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+
+
+def check_memory(spec: Spec, batch_size: int, num_classes: int, in_chans: int, rec: Recipe, device: torch.device,
+                 max_memory: int | None = None, label: str | None = None) -> None:
+    """Refuse (TrainError, one line) a run whose estimated training memory (lab.memory) exceeds
+    `max_memory` bytes, or the memory available on `device` when it is None; nothing is built."""
+    require_fits(spec, batch_size, num_classes, in_chans, max_memory, device=device, precision=precision_of(device),
+                 optimizer=rec.optimizer, ema=rec.ema > 0, label=label)
+
+
 def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str | Recipe = "default",
             epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
             fraction: float = 1.0, seed: int = 0, res: int | None = None, distill_from: str | Path | None = None,
             init: str | None = None, new_head: bool = False, device: str = "auto",
-            data_root: str | None = None) -> Prepared:
+            data_root: str | None = None, max_memory: int | None = None) -> Prepared:
     """Resolve a run's inputs (train's arguments): the recipe with its overrides, the device, the
     dataset, the Spec, the seeded model (pretrained when `init`), the teacher, batches and augmentations.
-    Bad input raises a LabError; nothing is written."""
-    import lightning as L  # lazy: start-up time
-
+    Bad input raises a LabError; nothing is written. A point whose estimated training memory exceeds
+    `max_memory` bytes (default: what the device has available) is refused before anything is built."""
     started = datetime.now(UTC).replace(microsecond=0)
     rec = recipe if isinstance(recipe, Recipe) else make_recipe(recipe)
     overrides: dict[str, Any] = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr).items()
@@ -188,6 +203,9 @@ def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, seed=seed, fraction=fraction,
                                                                    root=data_root, size=res)
     spec = resolve_arch(arch, res, ds.image_size, ds.frames)
+    batch = min(rec.batch_size, ds.n_train)
+    check_memory(spec, batch, ds.num_classes, ds.in_chans, rec, dev, max_memory,
+                 label=arch if isinstance(arch, str) else None)
     teacher = None
     if distill_from is not None:
         from lab.train.module import Teacher  # lazy: start-up time
@@ -198,6 +216,8 @@ def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str
                              f"{meta['in_chans']} input channels, {ds.name} has {ds.num_classes} and {ds.in_chans}")
         teacher = Teacher(teacher_model, meta["res"])
 
+    import lightning as L  # lazy: start-up time (after the checks above: a refusal stays fast)
+
     L.seed_everything(seed, verbose=False)
     model = build(spec, num_classes=ds.num_classes, in_chans=ds.in_chans, drop_path=rec.drop_path)
     init_note = init_weights(model, str(init), new_head=new_head) if init is not None else None
@@ -205,7 +225,6 @@ def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str
         _set_dropout(model, rec.dropout)
     report = cost(spec, num_classes=ds.num_classes, in_chans=ds.in_chans)
 
-    batch = min(rec.batch_size, ds.n_train)
     train_batches = _Epochs(ds.train, batch, seed, dev)
     train_aug = Augment(ds, res=spec.res, train=True, crop=rec.crop, pad=rec.pad, flip=rec.flip,
                         scale=(rec.crop_scale, 1.0), frames=spec.frames)
@@ -242,7 +261,7 @@ def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], N
         accelerator="gpu" if dev.type == "cuda" else "cpu",
         devices=[dev.index or 0] if dev.type == "cuda" else 1,
         max_epochs=rec.epochs,
-        precision="bf16-mixed" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "32-true",
+        precision=LIGHTNING_PRECISION[precision_of(dev)],
         gradient_clip_val=rec.grad_clip or None,
         check_val_every_n_epoch=p.val_every, num_sanity_val_steps=0,
         inference_mode=False,   # validate under no_grad: tensors cached in eval (lru_cache'd masks) stay trainable
@@ -290,14 +309,14 @@ def record(prepared: Prepared, fitted: Fitted, out: str | Path | None = "runs") 
     }
     checkpoint = None
     if out is not None:
-        out = Path(out)
+        weights = None
         if f.status == "ok":
             meta = {"text": spec.text, "num_classes": ds.num_classes, "in_chans": ds.in_chans, "res": spec.res,
                     "dataset": ds.name, "mean": list(ds.mean), "std": list(ds.std), "recipe": rec.name,
                     "run_id": run_id, "lab_version": __version__}
-            checkpoint = save_checkpoint(out / run_id, f.model, meta)
-            row["checkpoint"] = str(checkpoint)
-        append_record(out / RUNS_TABLE, row)
+            weights = (f.model, meta)
+        # all or nothing: the checkpoint folder and the row, or neither (a full disk is one TrainError)
+        checkpoint = save_run(out, row, RUNS_TABLE, weights)
     return RunResult(row, f.model, checkpoint, f.history, p.init_note)
 
 
@@ -306,7 +325,7 @@ def train(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str |
           fraction: float = 1.0, seed: int = 0, res: int | None = None, distill_from: str | Path | None = None,
           init: str | None = None, new_head: bool = False, device: str = "auto",
           out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False,
-          on_epoch: Callable[[dict], None] | None = None) -> RunResult:
+          on_epoch: Callable[[dict], None] | None = None, max_memory: int | None = None) -> RunResult:
     """Train `arch` (a name with multipliers, grammar text or a Spec) on `dataset` and record the run.
 
     `dataset` is a dataset string, or a loaded `lab.data.Dataset` (studies load it once per
@@ -318,11 +337,12 @@ def train(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str |
     {"epoch", "loss", "val_top1", "seconds"}; runs of more than 16 epochs validate every
     ceil(epochs / 16)-th epoch and the last (val_top1 is None on the others). A run
     whose loss stops being finite is recorded with status "diverged" and raises TrainError; bad
-    input raises a LabError before anything is written.
+    input raises a LabError before anything is written, and so does a point whose estimated training
+    memory (lab.memory) exceeds `max_memory` bytes (default: what the device has available).
     """
     prepared = prepare(arch, dataset, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, fraction=fraction,
                        seed=seed, res=res, distill_from=distill_from, init=init, new_head=new_head, device=device,
-                       data_root=data_root)
+                       data_root=data_root, max_memory=max_memory)
     result = record(prepared, fit(prepared, progress, on_epoch), out)
     if result.record["status"] != "ok":
         where = f"; recorded as {result.record['run_id']} in {Path(out) / RUNS_TABLE}" if out is not None else ""

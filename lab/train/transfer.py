@@ -30,11 +30,12 @@ from lab.cost import cost
 from lab.data import Augment, load_dataset
 from lab.errors import DataError, TrainError
 from lab.grammar import parse
+from lab.memory import require_fits
 from lab.train.checkpoint import check_input, load_checkpoint
 from lab.train.probe import extract_features, few_shot_probe
 from lab.train.recipes import recipe
 from lab.train.record import RUN_SCHEMA, append_record
-from lab.train.run import RUNS_TABLE, pick_device, train
+from lab.train.run import RUNS_TABLE, check_memory, pick_device, train
 
 PROBE = "probe"
 FINETUNE = "bit-finetune"
@@ -69,12 +70,14 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
              seeds: Sequence[int] = (0, 1, 2), method: str = "ridge", finetune: bool = True,
              steps: int = HYPERRULE_STEPS, baseline: bool = True, device: str = "auto",
              out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False,
-             on_record: Callable[[dict], None] | None = None) -> TransferResult:
+             on_record: Callable[[dict], None] | None = None, max_memory: int | None = None) -> TransferResult:
     """Probe and fine-tune the lab checkpoint at `checkpoint` on `dataset` (resized to the
     checkpoint's resolution) for every k in `shots` and seed in `seeds`, with a randomly
     initialized baseline unless `baseline` is False. Fine-tunes run `steps` optimizer steps of the
     bit-finetune recipe (BiT-HyperRule's 500 for small sets; whole epochs, rounded up). Rows go to
-    `out/runs.parquet` as they finish (and to `on_record`)."""
+    `out/runs.parquet` as they finish (and to `on_record`). A network whose estimated memory (lab.memory)
+    to probe or fine-tune exceeds `max_memory` bytes (default: what the device has available) is refused
+    (TrainError) before any probe runs."""
 
     if not shots or any(int(k) != k or k < 1 for k in shots):
         raise TrainError(f"shots must be positive integers, got {list(shots)}")
@@ -92,6 +95,11 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
     spec = parse(meta["text"])
     dev = pick_device(device)
     source = str(checkpoint)
+    require_fits(spec, 256, ds.num_classes, ds.in_chans, max_memory, device=dev, train=False, label=source)
+    if finetune:
+        ft = recipe(FINETUNE)
+        check_memory(spec, min(ft.batch_size, max(shots) * ds.num_classes), ds.num_classes, ds.in_chans, ft, dev,
+                     max_memory, label=source)
     inits: list[str | None] = [source] + ([None] if baseline else [])
     records: list[dict] = []
 
@@ -137,7 +145,7 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
                 for init in inits:
                     try:
                         run = train(spec, support, recipe=rec, epochs=epochs, seed=seed, init=init, new_head=True,
-                                    device=device, out=out, progress=progress)
+                                    device=device, out=out, progress=progress, max_memory=max_memory)
                         keep(run.record, written=True)
                     except TrainError as e:  # a diverged run is recorded by train(); go on with the rest
                         if e.record is None:
