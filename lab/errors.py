@@ -8,6 +8,8 @@ from typing import Any
 class LabError(Exception):
     """Base class of every error caused by user input (bad text, YAML, flags, data)."""
 
+    exit_code = 2   # what the CLI exits with after printing the one-line message
+
 
 class SpecError(LabError, ValueError):
     """An invalid grammar point.
@@ -57,6 +59,12 @@ class ScalingError(LabError):
 
 class StudyError(LabError):
     """A study that cannot be created or resumed as asked: bad settings, a missing or repeated study."""
+
+
+class StudyInterrupted(StudyError):
+    """A study stopped by Ctrl-C or SIGTERM: its running trials were settled as interrupted."""
+
+    exit_code = 130   # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def check_mapping(entry: object, keys: tuple[str, ...], where: str, expected: str) -> dict:

@@ -4,9 +4,12 @@ dashboards (a reader never sees a half-written file), and the advisory lock writ
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +33,49 @@ def file_lock(path: str | Path, exclusive: bool = True, read_only_ok: bool = Fal
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class LockHeld(Exception):
+    """`hold_lock` found the lock taken; `holder` is what its holder wrote into the lock file."""
+
+    def __init__(self, path: Path, holder: str):
+        self.path, self.holder = path, holder
+        super().__init__(f"{path} is held by {holder}")
+
+
+@contextlib.contextmanager
+def hold_lock(path: str | Path, what: str = "") -> Iterator[str | None]:
+    """Hold an exclusive, non-blocking flock on `path` for the block, writing this process's host,
+    pid, start time and `what` into the file; LockHeld (with what the holder wrote) when another
+    process holds it. The kernel releases a flock when its process dies (kill -9 included), so a
+    dead holder's lock is free: the block then gets the dead holder's line (None if there was none).
+    The file stays after the block: its content is only informative, the flock is the lock."""
+    path = Path(path)
+    fh = open(path, "a+")   # not "w": truncating before the lock would erase the holder's line
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            raise LockHeld(path, fh.read().strip() or "another process (which wrote no details)") from None
+        fh.seek(0)
+        previous = fh.read().strip() or None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                 + (f" ({what})" if what else "") + "\n")
+        fh.flush()
+        try:
+            yield previous
+        finally:
+            with contextlib.suppress(OSError):
+                fh.seek(0)
+                fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:

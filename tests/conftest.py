@@ -21,6 +21,6 @@ def local_ray():
     """Ray on this machine, started by the first study of a test worker that asks for it and shared by
     the later ones (a study finds it running and leaves it): each would otherwise pay Ray's start,
     its workers' start and its shutdown (about 10 s). Ray stops when the worker exits."""
-    from lab.study.runner import start_ray
+    from lab.study.cluster import start_ray
 
     start_ray()

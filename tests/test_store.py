@@ -310,6 +310,7 @@ def test_write_epochs_rejects_bad_rows(tmp_path):
         store.write_epochs(1, [{"loss": 1.0}])
     assert store.epochs().num_rows == 0
     store.write_epochs(1, [{"number": 1, "epoch": 1, "loss": None}])   # missing values -> null
+    store.write_trial(trial(1))
     assert rows(store.epochs()) == [{"number": 1, "epoch": 1, "loss": None, "val_top1": None, "seconds": None}]
 
 
@@ -344,3 +345,17 @@ def test_foreign_parquet_files_are_rejected_naming_file_and_column(tmp_path):
     with pytest.raises(StoreError, match=r"epochs\.parquet: column 'number' is string"):
         store.epochs()
     assert [r["number"] for r in rows(store.trials())] == [1]          # trials unaffected
+
+
+def test_epochs_of_a_trial_show_only_once_its_row_exists(tmp_path):
+    """A trial's curve is written just before its row: a reader in between (or after a crash there)
+    sees neither, not a curve of a trial the trials table lacks."""
+    store = StudyStore(tmp_path)
+    store.write_trial(trial(1))
+    store.write_epochs(1, [{"epoch": 1, "loss": 1.0}])
+    store.write_epochs(2, [{"epoch": 1, "loss": 2.0}])   # trial 2's row is not written yet
+    assert store.epochs().column("number").to_pylist() == [1]
+    store.compact()
+    assert store.epochs().column("number").to_pylist() == [1]
+    store.write_trial(trial(2))
+    assert store.epochs().column("number").to_pylist() == [1, 2]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from lab import catalog
+from lab.cli.args import whole
 from lab.cost import cost
 from lab.kinds import REGISTRY, traits
+from lab.report.jsonable import to_json
 from lab.report.table import render
 
 
@@ -24,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     show = asub.add_parser("show", help="the per-stage table of a named architecture or grammar text")
     show.add_argument("ref", metavar="NAME|TEXT", help="a name (resnet50, resnet50@32px,w=0.25) or grammar text")
-    show.add_argument("--classes", type=int, default=None,
+    show.add_argument("--classes", type=whole, default=None,
                       help="classes of the head (default: a named point's published head, else 1000)")
-    show.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
+    show.add_argument("--in-chans", type=whole, default=3, help="input channels (default 3)")
     show.add_argument("--json", action="store_true", help="a JSON object")
     show.set_defaults(run=run_show)
 
@@ -35,11 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     bench = asub.add_parser("bench", help="training and inference images/s and peak memory")
     bench.add_argument("ref", metavar="NAME|TEXT")
-    bench.add_argument("--res", type=int, help="input resolution (default: the point's own)")
-    bench.add_argument("--batch", type=int, default=32)
+    bench.add_argument("--res", type=whole, help="input resolution (default: the point's own)")
+    bench.add_argument("--batch", type=whole, default=32)
     bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    bench.add_argument("--rounds", type=int, default=3, help="rounds (the median is reported)")
+    bench.add_argument("--steps", type=whole, default=10, help="timed steps per round")
+    bench.add_argument("--rounds", type=whole, default=3, help="rounds (the median is reported)")
     bench.add_argument("--vs", choices=["timm"], help="also time the reference implementation and print ratios")
     bench.add_argument("--channels-last", action="store_true", help="run both models in channels-last memory format")
     bench.add_argument("--json", action="store_true")
@@ -74,7 +75,7 @@ def run_list(args: argparse.Namespace) -> int:
     entries = [e for e in catalog.entries().values() if not args.family or e.family == args.family]
     items = [_summary(e.name, catalog.named(e.name), e, e.classes) for e in entries]
     if args.json:
-        print(json.dumps(items, indent=1))
+        print(to_json(items, indent=1))
         return 0
     rows = [(i["name"], i["family"], i["res"], f"{i['params'] / 1e6:.2f}", f"{i['gmacs']:.2f}",
              i["published_params_m"] or "", i["published_gmacs"] or "",
@@ -102,7 +103,7 @@ def run_show(args: argparse.Namespace) -> int:
          "tokens": r.tokens, "prefix_tokens": r.prefix, "params": r.params, "macs": r.macs, "acts": r.acts}
         for r in rep.rows]
     if args.json:
-        print(json.dumps({**info, "stages": stages}, indent=1))
+        print(to_json({**info, "stages": stages}, indent=1))
         return 0
     print(f"{info['name']}  ({info['family']}, arch_id {info['arch_id']})")
     print(f"  {info['text']}")
@@ -131,7 +132,7 @@ def run_bench(args: argparse.Namespace) -> int:
     result = compare(args.ref, res=args.res, batch=args.batch, device=args.device, steps=args.steps,
                      rounds=args.rounds, vs_timm=args.vs == "timm", channels_last=args.channels_last)
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(to_json(result, indent=1))
         return 0
     rows = [(who, f"{m['train_ips']:.1f}", f"{m['infer_ips']:.1f}", f"{m['peak_mb']:.0f}")
             for who, m in result["runs"].items()]

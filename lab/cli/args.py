@@ -16,8 +16,8 @@ def bounded(kind: type[T], ok: Callable[[T], bool], expected: str) -> Callable[[
     "'TEXT': expected EXPECTED" that the CLI prints after the flag's name."""
 
     def parse(text: str) -> T:
-        try:
-            value = kind(text)
+        try:   # ASCII only: int() and float() also read other scripts' digits ('٣', '𝟗')
+            value = kind(text) if text.isascii() else None
         except ValueError:
             value = None
         if value is None or value != value or not ok(value):
@@ -27,6 +27,10 @@ def bounded(kind: type[T], ok: Callable[[T], bool], expected: str) -> Callable[[
     parse.__name__ = kind.__name__   # argparse names the type in some messages
     return parse
 
+
+# any whole number / number, in ASCII digits (plain `type=int` would read '٣' as 3)
+whole = bounded(int, lambda n: True, "a whole number")
+number = bounded(float, lambda x: True, "a number")
 
 # bootstrap settings shared by `lab scale fit` and `lab study report`
 samples = bounded(int, lambda n: n >= 0, "a whole number >= 0")

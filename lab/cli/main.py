@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 141   # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except LabError as e:
         print(f"lab: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("lab: interrupted", file=sys.stderr)
         return 130

@@ -4,12 +4,12 @@ and the accuracy-per-compute frontier across studies (see lab.scaling)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
-from lab.cli.args import ROOT_HELP
+from lab.cli.args import ROOT_HELP, whole
 from lab.cli.args import level as _level
 from lab.cli.args import samples as _count
+from lab.report.jsonable import to_json
 from lab.report.table import render
 
 MAX_CROSSOVERS = 20      # crossovers printed (the file holds every one)
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--bootstrap", type=_count, default=1000, metavar="N",
                      help="bootstrap samples for the intervals (default 1000; 0: no intervals)")
     fit.add_argument("--level", type=_level, default=0.95, help="confidence level of the intervals (default 0.95)")
-    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    fit.add_argument("--seed", type=whole, default=0, help="seed of the bootstrap (default 0)")
     fit.add_argument("--json", action="store_true", help="print the tables as JSON")
     fit.add_argument("--no-write", dest="write", action="store_false",
                      help="do not write scaling_fits.parquet into the (first) study's folder")
@@ -84,10 +84,10 @@ def run_fit(args: argparse.Namespace) -> int:
     table, cross = result.table, result.crossover_table
     written = result.write() if args.write else None
     if args.json:
-        print(json.dumps({"studies": result.names, "metric": result.metric, "size": result.size,
-                          "fits": [{k: _clean(v) for k, v in r.items()} for r in table.to_dict("records")],
-                          "crossovers": [{k: _clean(v) for k, v in r.items()} for r in cross.to_dict("records")],
-                          "written": [str(p) for p in written] if written else None}, default=str))
+        print(to_json({"studies": result.names, "metric": result.metric, "size": result.size,
+                       "fits": [{k: _clean(v) for k, v in r.items()} for r in table.to_dict("records")],
+                       "crossovers": [{k: _clean(v) for k, v in r.items()} for r in cross.to_dict("records")],
+                       "written": [str(p) for p in written] if written else None}))
         return 0
     what = result.metric.replace("_top", " top-")
     scheme = ", ".join(sorted(set(table.loc[table["law"].notna(), "bootstrap"].dropna()) - {"none"}))
@@ -151,9 +151,8 @@ def run_frontier(args: argparse.Namespace) -> int:
     front = frontier(read.trials, args.cost, args.metric)
     metric, cost = front.attrs["metric"], front.attrs["cost"]
     if args.json:
-        print(json.dumps({"studies": names, "metric": metric, "cost": cost, "trials": front.attrs["trials"],
-                          "frontier": [{k: _clean(v) for k, v in r.items()} for r in front.to_dict("records")]},
-                         default=str))
+        print(to_json({"studies": names, "metric": metric, "cost": cost, "trials": front.attrs["trials"],
+                       "frontier": [{k: _clean(v) for k, v in r.items()} for r in front.to_dict("records")]}))
         return 0
     print(f"accuracy-per-compute frontier of {'+'.join(names)}: {metric.replace('_top', ' top-')} against "
           f"{COSTS[cost]}; {len(front)} of {front.attrs['trials']} complete trials are on it")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from lab.cli.args import ROOT_HELP, level, samples
+from lab.cli.args import ROOT_HELP, level, number, samples, whole
+from lab.errors import StudyError
+from lab.report.jsonable import to_json
 from lab.report.table import render
 
 # flag -> StudyConfig field, for the settings `create` takes (None: not given on the command line)
@@ -16,7 +17,7 @@ SETTINGS = {
     "kind": str, "archs": str, "fractions": str, "seeds": int, "epochs_policy": str, "space": str, "dataset": str, "trials": int,
     "objectives": str, "epochs": int, "fraction": float,
     "res": int, "recipe": str, "name": str, "sampler": str, "scheduler": str, "storage": str, "address": str,
-    "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "seed": int, "batch_size": int,
+    "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "max_memory": str, "seed": int, "batch_size": int,
 }
 
 
@@ -42,11 +43,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "storage": "Optuna storage URL (default: sqlite in the study folder)",
         "address": "Ray cluster address (default: Ray on this machine)", "cpus_per_trial": "CPUs per trial (default 1)",
         "gpus_per_trial": "GPUs per trial, fractions allowed (default 0)",
-        "concurrency": "trials at once (default 2)", "seed": "seed of the sampler and of every trial (default 0)",
+        "concurrency": "trials at once (default 2)",
+        "max_memory": "training memory a trial may use, e.g. 4GiB (default: for trials on this machine's CPUs, its "
+                      "available memory / --concurrency); a sampled point predicted to need more is rejected untrained",
+        "seed": "seed of the sampler and of every trial (default 0)",
         "batch_size": "batch size (default 64)",
     }
     for field, kind in SETTINGS.items():
-        create.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None, help=helps[field])
+        create.add_argument("--" + field.replace("_", "-"), dest=field, type={int: whole, float: number}.get(kind, kind),
+                            default=None, help=helps[field])
     create.add_argument("--recipe-file", help="a study recipe (studies/NAME.yaml); flags override its settings")
     _common(create)
     create.set_defaults(run=run_create)
@@ -111,7 +116,8 @@ def run_create(args: argparse.Namespace) -> int:
 
     folder = create(config_from_args(args), root=args.root, verbose=0 if args.quiet else 1)
     _print_summary(folder, json_out=False)
-    return _render_dashboard(folder, args)
+    _render_dashboard(folder, args)
+    return _check_outcome(folder)
 
 
 def run_resume(args: argparse.Namespace) -> int:
@@ -119,7 +125,21 @@ def run_resume(args: argparse.Namespace) -> int:
 
     folder = resume(args.name, root=args.root, verbose=0 if args.quiet else 1)
     _print_summary(folder, json_out=False)
-    return _render_dashboard(folder, args)
+    _render_dashboard(folder, args)
+    return _check_outcome(folder)
+
+
+def _check_outcome(folder: Path) -> int:
+    """0 when the study has a complete trial; else StudyError with the first failure's reason (a study
+    whose every trial failed is a failed command, whatever was recorded)."""
+    from lab.study.store import StudyStore  # lazy: start-up time
+
+    rows = StudyStore(folder).trials().to_pylist()
+    if any(r["state"] == "complete" for r in rows):
+        return 0
+    failed = [r for r in rows if r["state"] == "failed"] or [r for r in rows if r["state"] != "complete"]
+    first = f"; the first, trial {failed[0]['number']} ({failed[0]['state']}): {failed[0]['error']}" if failed else ""
+    raise StudyError(f"study {folder.name!r}: no trial completed ({len(rows)} recorded){first}")
 
 
 def _render_dashboard(folder: Path, args: argparse.Namespace) -> int:
@@ -142,7 +162,7 @@ def run_report(args: argparse.Namespace) -> int:
     from lab.report.study import build_report, format_report  # lazy: start-up time
 
     report = build_report(args.name, args.root, level=args.level, n_boot=args.bootstrap, metric=args.metric)
-    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report),
+    print(to_json(report.to_dict(), indent=2) if args.json else format_report(report),
           end="" if not args.json else "\n")
     return 0
 
@@ -156,10 +176,12 @@ def run_show(args: argparse.Namespace) -> int:
 def summary(folder: Path) -> dict:
     """A study's settings, its trials by state and its Pareto set (complete trials only)."""
     from lab.pareto import pareto_front, parse_objectives  # lazy: start-up time
+    from lab.study.config import StudyConfig  # lazy: start-up time
     from lab.study.store import StudyStore  # lazy: start-up time
 
     store = StudyStore(folder)
-    config = store.load_config()
+    saved = store.load_config()   # with every setting's default filled in (older or hand-made studies omit some)
+    config = StudyConfig(**{k: v for k, v in saved.items() if k in StudyConfig.fields()}).to_dict()
     trials = store.trials()
     states: dict[str, int] = {}
     for s in trials.column("state").to_pylist():
@@ -170,7 +192,8 @@ def summary(folder: Path) -> dict:
     kind = config.get("kind", "search")
     space = (f"scaling grid of {len(config['archs'])} archs x {len(config['fractions'])} fractions x "
              f"{config['seeds']} seeds" if kind == "scaling" else f"space {config['space']}")
-    return {"name": config["name"], "folder": str(folder), "kind": kind, "space": config["space"], "grid": space,
+    return {"name": config["name"], "folder": str(folder), "kind": kind,
+            "space": "scaling" if kind == "scaling" else config["space"], "grid": space,
             "dataset": config["dataset"], "budget": config["trials"], "states": states, "objectives": objectives,
             "pareto": rows, "claims": len(config.get("claims") or [])}
 
@@ -178,7 +201,7 @@ def summary(folder: Path) -> dict:
 def _print_summary(folder: Path, json_out: bool) -> int:
     info = summary(folder)
     if json_out:
-        print(json.dumps(info, default=str))
+        print(to_json(info))
         return 0
     states = ", ".join(f"{n} {s}" for s, n in sorted(info["states"].items()))
     print(f"study {info['name']} ({info['folder']}): {info['grid']}, dataset {info['dataset']}, "
@@ -205,7 +228,7 @@ def run_list(args: argparse.Namespace) -> int:
     root = studies_root(args.root)
     infos = [summary(p.parent) for p in sorted(root.glob("*/study.yaml"))] if root.exists() else []
     if args.json:
-        print(json.dumps([{k: v for k, v in i.items() if k != "pareto"} for i in infos], default=str))
+        print(to_json([{k: v for k, v in i.items() if k != "pareto"} for i in infos]))
         return 0
     headers = ["name", "space", "dataset", "budget", "complete", "pruned", "failed", "rejected", "best val top-1"]
     table = []

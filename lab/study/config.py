@@ -12,9 +12,11 @@ from pathlib import Path
 import yaml
 
 from lab.errors import StudyError
+from lab.memory import available_memory, parse_size
 from lab.study.claims import parse_claims
 from lab.study.grid import EPOCH_POLICIES, Arm, parse_arms, split_archs
 from lab.study.space import SAMPLERS
+from lab.study.space_yaml import safe_load
 
 SCHEDULERS = ("asha", "fifo")
 KINDS = ("search", "scaling")
@@ -47,6 +49,7 @@ class StudyConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     concurrency: int = 2
+    max_memory: str | None = None          # training memory per trial (8GiB); None: this machine's / concurrency
     seed: int = 0
     device: str = "auto"
     claims: list | None = None             # scaling: the claims `lab study report` tests (lab.study.claims)
@@ -79,6 +82,18 @@ class StudyConfig:
         for field, ok, expected in checks:
             if not ok:
                 raise StudyError(f"study {field} = {getattr(self, field)!r}: expected {expected}")
+        if self.max_memory is not None:
+            parse_size(str(self.max_memory), "study max_memory")
+
+    def memory_limit(self) -> tuple[int | None, str | None]:
+        """Bytes a trial may use to train, and where that limit comes from: max_memory; else, for trials on
+        this machine's CPUs, its available memory shared by `concurrency` trials; else (a cluster, GPUs)
+        None, and each trial's worker checks against its own machine."""
+        if self.max_memory is not None:
+            return parse_size(str(self.max_memory), "study max_memory"), "--max-memory, per trial"
+        if self.address or self.gpus_per_trial > 0:
+            return None, None
+        return available_memory("cpu") // self.concurrency, f"this machine's available memory / {self.concurrency} trials at once"
 
     def _set(self, field: str, value) -> None:
         object.__setattr__(self, field, value)   # resolving defaults of a frozen config
@@ -133,7 +148,7 @@ def read_recipe_file(path: str | Path) -> dict:
     """The settings of a study recipe (studies/NAME.yaml): a mapping of StudyConfig fields."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except FileNotFoundError:
         raise StudyError(f"--recipe-file {path}: no such file") from None
     except yaml.YAMLError as e:

@@ -6,16 +6,19 @@ and lets Ray Tune run `lab.train.run.train` trials (locally or on a cluster) unt
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
+import signal
 import socket
-import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import optuna
-import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
@@ -23,12 +26,16 @@ from ray.tune.search import ConcurrencyLimiter
 
 from lab import __version__
 from lab.data import Dataset, load_dataset
-from lab.errors import StudyError, TrainError
+from lab.errors import LabError, StudyError, StudyInterrupted, TrainError
+from lab.files import LockHeld, hold_lock
+from lab.grammar import Spec
+from lab.memory import check_fits
 from lab.pareto import parse_objectives
+from lab.study.cluster import check_address, connected
 from lab.study.config import StudyConfig, find_study, studies_root
 from lab.study.grid import ScalingGrid
 from lab.study.scheduler import ParetoASHA
-from lab.study.search import LabSearch, counted, reconcile
+from lab.study.search import LabSearch, counted
 from lab.study.space import SearchSpace, load_space
 from lab.study.store import StudyStore
 from lab.study.teachers import teacher_checkpoint
@@ -90,61 +97,74 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
 
 # --- the driver -------------------------------------------------------------------------------
 
-def _open_storage(url: str):
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as e:
-        first = (str(e).splitlines() or [""])[0]
-        raise StudyError(f"--storage {url}: cannot open it ({type(e).__name__}: {first})") from None
-
-
-def _check_address(address: str) -> None:
-    """Fail fast on an unreachable Ray address instead of Ray's long retry loop."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
-            pass
-    except (OSError, ValueError) as e:
-        raise StudyError(f"--address {address}: no Ray head answers there ({e})") from None
-
-
-def start_ray(address: str | None = None) -> bool:
-    """Connect to the Ray cluster at `address`, or start Ray on this machine, unless this process is
-    connected already (a notebook's own Ray, or one a test worker shares among its studies: a study
-    then runs on it and leaves it running). Returns whether it was started here."""
-    if ray.is_initialized():
-        return False
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
-    if address:
-        _check_address(address)
-        ray.init(address=address, runtime_env=env, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env=env)
-    return True
+DRIVER_LOCK = ".driver.lock"   # held by the one driver of a study (create or resume) for its whole run
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def folder_of(name: str, root: str | Path | None = None) -> Path:
     return studies_root(root) / name
 
 
+@contextlib.contextmanager
+def _driver(folder: Path, name: str, command: str) -> Iterator[None]:
+    """This process as the study's only driver for the block; StudyError naming the holder when another
+    driver runs it. A driver that died (kill -9, a crash) released its flock with its process."""
+    try:
+        with hold_lock(folder / DRIVER_LOCK, f"lab study {command} {name}"):
+            yield
+    except LockHeld as e:
+        raise StudyError(f"study {name!r} is already being run by another driver: {e.holder}; wait for it to "
+                         f"finish or stop it (Ctrl-C) before `lab study {command}`") from None
+
+
 def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1) -> Path:
     """Create the study `config.name` (an error if it exists) and run it to its trial budget.
-    Everything that can be checked is checked before the study's folder is made."""
+    Everything that can be checked is checked before the study's folder is made (Ray joined or
+    started included), and a create that fails before its first trial leaves no folder behind."""
     folder = folder_of(config.name, root)
     if (folder / "study.yaml").exists():
         raise StudyError(f"study {config.name!r} exists in {folder}: `lab study resume {config.name}` continues it")
     prepared = _prepare(config)
-    store = StudyStore(folder)
-    store.save_config(config.to_dict())
-    return _run(config, store, prepared, verbose)
+    existed = folder.exists()
+    with connected(config.address, config.gpus_per_trial):
+        _no_space_is_one_line(lambda: folder.mkdir(parents=True, exist_ok=True), config.name, f"the study folder {folder}")
+        with _driver(folder, config.name, "create"):
+            if (folder / "study.yaml").exists():   # another create finished first
+                raise StudyError(f"study {config.name!r} exists in {folder}: `lab study resume {config.name}` continues it")
+            store = StudyStore(folder)
+            try:
+                _no_space_is_one_line(lambda: store.save_config(config.to_dict()), config.name, str(store.config_path))
+                return _run(config, store, prepared, verbose)
+            except BaseException:
+                _discard_unstarted(store, config, existed)
+                raise
 
 
 def resume(name: str, root: str | Path | None = None, verbose: int = 1) -> Path:
     """Continue the study `name` to its trial budget with its frozen settings."""
     store = StudyStore(find_study(name, root))
-    config = StudyConfig(**store.load_config())
-    return _run(config, store, _prepare(config), verbose)
+    with _driver(store.folder, name, "resume"):
+        config = StudyConfig(**store.load_config())
+        return _run(config, store, _prepare(config), verbose)
+
+
+def _discard_unstarted(store: StudyStore, config: StudyConfig, existed: bool) -> None:
+    """After a create that failed: remove what it made unless a trial was recorded (then the study
+    started, and `lab study resume` continues it)."""
+    try:
+        if store.trials().num_rows:
+            return
+    except LabError:
+        pass
+    if config.storage:   # a study this create made in the user's own database
+        with contextlib.suppress(Exception):
+            optuna.delete_study(study_name=config.name, storage=config.storage)
+    if not existed:
+        shutil.rmtree(store.folder, ignore_errors=True)
+    else:
+        for name in ("study.yaml", "optuna.db", "trials", "epochs", "ray", DRIVER_LOCK, ".store.lock"):
+            path = store.folder / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _prepare(config: StudyConfig) -> tuple[list, object, object]:
@@ -159,49 +179,148 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
     space = SPACES[config.kind](config, data)
     space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans, frames=data.frames)
     if config.storage:
-        _open_storage(config.storage)
+        open_storage(config.storage)
     if config.address:
-        _check_address(config.address)
+        check_address(config.address)
     return objectives, space, data
 
 
-def _run(config: StudyConfig, store, prepared, verbose: int) -> Path:
+def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int) -> Path:
     objectives, space, data = prepared
-    storage = _open_storage(config.storage or store.optuna_url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # "A new study created in RDB" is no news to the user
+    storage = open_storage(config.storage, store.folder / "optuna.db")
     base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
                 "recipe": config.recipe, "seed": config.seed, "lab_version": __version__}
-    searcher = LabSearch(space, store, objectives, space.sampler(config.sampler, config.seed, config.trials),
-                         config.name, storage, base_row, data.num_classes, data.in_chans, config.res)
-    reconcile(searcher.study, store, objectives, base_row)
-    assert config.trials is not None  # StudyConfig resolves it
-    remaining = config.trials - counted(store.trials().to_pylist())
-    if remaining > 0:
-        _tune(config, searcher, data, objectives, store, remaining, verbose)
-    store.compact()
+
+    def run() -> None:
+        searcher = LabSearch(space, store, objectives, space.sampler(config.sampler, config.seed, config.trials),
+                             config.name, storage, base_row, data.num_classes, data.in_chans, config.res,
+                             fits=_memory_check(config, data))
+        searcher.reconcile()
+        assert config.trials is not None  # StudyConfig resolves it
+        remaining = config.trials - counted(store.trials().to_pylist())
+        if remaining > 0:
+            with connected(config.address, config.gpus_per_trial):
+                _tune(config, searcher, data, objectives, store, remaining, verbose)
+        store.compact()
+
+    _no_space_is_one_line(run, config.name, str(store.folder))
     return store.folder
 
 
-def _tune(config: StudyConfig, searcher, data, objectives, store, remaining: int, verbose: int) -> None:
+def _memory_check(config: StudyConfig, data: Dataset) -> Callable[[Spec], str | None] | None:
+    """Why a point would not fit in a trial's memory (lab.memory; None when it fits), or None when the
+    driver cannot know the workers' memory (then each trial's own check applies)."""
+    limit, source = config.memory_limit()
+    if limit is None:
+        return None
+    base = recipe(config.recipe, batch_size=config.batch_size, epochs=config.epochs)
+
+    def check(spec: Spec) -> str | None:
+        reason = check_fits(spec, config.batch_size, data.num_classes, data.in_chans, limit, optimizer=base.optimizer,
+                            ema=base.ema > 0, limit_from=source)
+        return None if reason is None else f"over memory: {reason}"
+
+    return check
+
+
+def _no_space_is_one_line(step: Callable[[], object], name: str, where: str) -> None:
+    """Run `step`; a full disk (or quota) anywhere in it (the store, optuna.db, Ray's files) becomes one
+    StudyError saying what to do. What was recorded before stays: resume continues from it."""
+    try:
+        step()
+    except LabError:
+        raise
+    except Exception as e:
+        if not _is_no_space(e):
+            raise
+        raise StudyError(f"study {name!r}: no space left on the device writing {where}; free space, then "
+                         f"`lab study resume {name}` continues it (trials recorded so far are kept)") from None
+
+
+def _is_no_space(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from, is a full disk: OSError ENOSPC/EDQUOT, or the
+    SQLite/SafeTensors/torch wordings of it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return True
+        text = str(error)
+        if "database or disk is full" in text or "No space left" in text or "Disk quota exceeded" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+DRIVERS = {"postgresql": ("psycopg2-binary", "postgresql+psycopg2://USER:PASSWORD@HOST/DB"),
+           "mysql": ("PyMySQL", "mysql+pymysql://USER:PASSWORD@HOST/DB")}
+
+
+def open_storage(url: str | None, default: Path | None = None) -> optuna.storages.RDBStorage:
+    """The study's Optuna storage: `url` (the user's --storage), else the SQLite file `default` in the
+    study folder; StudyError naming which, and why it cannot be opened."""
+    what = f"--storage {url}" if url else f"the study's Optuna database {default}"
+    target = url or f"sqlite:///{default}"
+    try:
+        return optuna.storages.RDBStorage(target)
+    except ImportError as e:   # Optuna wraps SQLAlchemy's ModuleNotFoundError of the dialect's driver
+        missing = next((c.name for c in (e, e.__cause__, e.__context__) if isinstance(c, ModuleNotFoundError)), None)
+        dialect = target.split(":", 1)[0].split("+", 1)[0]
+        package, form = DRIVERS.get(dialect, (missing or "its driver", f"{dialect}+DRIVER://..."))
+        raise StudyError(f"{what}: its database driver is not installed (no module {missing or '?'}): "
+                         f"`pip install {package}` and give the URL as {form}") from None
+    except Exception as e:
+        if _is_no_space(e):
+            raise StudyError(f"{what}: no space left on the device to create it; free space and retry") from None
+        first = (str(e).splitlines() or [""])[0]
+        raise StudyError(f"{what}: cannot open it ({type(e).__name__}: {first})") from None
+
+
+def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, remaining: int, verbose: int) -> None:
     # failed trials report no accuracy, epochs report no test accuracy: LabSearch reads what each
     # result has, so Tune must not insist that every result carries every objective
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    started = start_ray(config.address)
+    # Ctrl-C is the lab's to handle (Tune's handler would stop, save its own state and say
+    # `Tuner.restore`): it reaches fit() as KeyboardInterrupt, and SIGTERM is made the same
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    scheduler = (ParetoASHA(objectives, config.epochs, grace_period=1, reduction_factor=3)
+                 if config.scheduler == "asha" else FIFOScheduler())
+    settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
+                "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
+                "cpus": config.cpus_per_trial, "teachers": str(store.folder / "teachers")}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, settings=settings),
+                                    {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.concurrency),
+                                    scheduler=scheduler, num_samples=remaining, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"run-{datetime.now():%Y%m%d-%H%M%S}", storage_path=str(store.folder / "ray"),
+                                  verbose=verbose, log_to_file=True, stop=searcher.stopper()),
+    )
+    with _sigterm_as_interrupt():
+        try:
+            tuner.fit()
+            if searcher.fatal is not None:   # recording failed: Tune was stopped (see LabSearch.fatal)
+                raise searcher.fatal
+        except KeyboardInterrupt:
+            n = searcher.interrupt()
+            raise StudyInterrupted(f"study {config.name!r} interrupted; {n} running trial(s) settled as interrupted "
+                                   f"(not counted): `lab study resume {config.name}` continues it") from None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or `kill`'s stop) handled as Ctrl-C for the block, in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        scheduler = (ParetoASHA(objectives, config.epochs, grace_period=1, reduction_factor=3)
-                     if config.scheduler == "asha" else FIFOScheduler())
-        settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
-                    "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
-                    "cpus": config.cpus_per_trial, "teachers": str(store.folder / "teachers")}
-        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, settings=settings),
-                                        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.concurrency),
-                                        scheduler=scheduler, num_samples=remaining, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"run-{datetime.now():%Y%m%d-%H%M%S}", storage_path=str(store.folder / "ray"),
-                                      verbose=verbose, log_to_file=True),
-        )
-        tuner.fit()
+        yield
     finally:
-        if started:
-                    ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)

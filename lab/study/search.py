@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
 
 from lab.catalog import family_of
 from lab.cost import cost
 from lab.errors import SpecError, StudyError
-from lab.grammar import scale
+from lab.grammar import Spec, scale
 from lab.study.optuna_private import live_trial
 from lab.study.space import Point, SearchSpace, describe
 from lab.study.store import StudyStore
@@ -28,6 +30,10 @@ from lab.study.store import StudyStore
 MAX_REJECTS = 200          # consecutive rejected points before the space is declared infeasible
 INTERRUPTED = "interrupted: the study's driver stopped during this trial"
 DUPLICATE = "duplicate of trial"   # a rejected point that an earlier trial already trained
+# Tune reports an error without a result: the worker process died (killed, out of memory) or the
+# trial function raised before reporting (run_trial reports every error of its own as a result)
+WORKER_LOST = ("the trial's worker process died (killed, out of memory or crashed) before it reported a result; "
+               "see the Ray logs under the study's ray/ folder")
 
 
 def now() -> datetime:
@@ -42,9 +48,10 @@ class LabSearch(Searcher):
 
     def __init__(self, space: SearchSpace, store: StudyStore, objectives: list[tuple[str, str]],
                  sampler: optuna.samplers.BaseSampler, study_name: str, storage: optuna.storages.BaseStorage,
-                 base_row: dict, num_classes: int, in_chans: int, res: int | None = None):
+                 base_row: dict, num_classes: int, in_chans: int, res: int | None = None,
+                 fits: Callable[[Spec], str | None] | None = None):
         super().__init__(metric=None, mode=None)
-        self.lab_space, self.store, self.objectives = space, store, objectives
+        self.lab_space, self.store, self.objectives, self.fits = space, store, objectives, fits
         self.base_row, self.num_classes, self.in_chans, self.res = base_row, num_classes, in_chans, res
         self.study = optuna.create_study(
             storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=study_name,
@@ -56,6 +63,10 @@ class LabSearch(Searcher):
         self._seen: dict[tuple[str, str], int] = {
             (r["text"], r["hparams"]): r["number"]
             for r in store.trials().to_pylist() if r["state"] != "rejected" and r["text"] and r["hparams"]}
+        # The first error of recording (a full disk, a storage gone): Tune would log each one and go on,
+        # so the searcher keeps it, stops suggesting and asks Tune to stop (`stopper`); the driver
+        # raises it after fit(). Trials not recorded stay RUNNING in Optuna: resume settles them.
+        self.fatal: BaseException | None = None
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save for Ray: the study's state is the Optuna database and the Parquet store,
@@ -66,8 +77,16 @@ class LabSearch(Searcher):
 
     # --- sampling -------------------------------------------------------------------------
 
-    def _point(self, trial: optuna.trial.Trial) -> tuple[Point, str | None]:
-        """Sample a point; returns (point, reason) where reason is None when it may be trained."""
+    def _point(self, trial: optuna.trial.Trial | optuna.trial.FixedTrial) -> tuple[Point, str | None]:
+        """Sample a point; returns (point, reason) where reason is None when it may be trained: valid,
+        within the budget at the study's resolution, and predicted to fit in a trial's memory (`fits`)."""
+        point, reason = self._sized_point(trial)
+        if reason is None and self.fits is not None and point.spec is not None:
+            reason = self.fits(point.spec)
+            point = dataclasses.replace(point, reason=reason)
+        return point, reason
+
+    def _sized_point(self, trial: optuna.trial.Trial | optuna.trial.FixedTrial) -> tuple[Point, str | None]:
         point = self.lab_space.sample(trial, num_classes=self.num_classes, in_chans=self.in_chans)
         if point.reason is not None or self.res is None or point.spec.res == self.res:
             return point, point.reason
@@ -83,7 +102,22 @@ class LabSearch(Searcher):
                                     reason=over)
         return point, over
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.fatal is not None:
+            return Searcher.FINISHED
+        try:
+            return self._suggest(trial_id)
+        except StudyError:
+            raise
+        except Exception as e:
+            self.fatal = e
+            return Searcher.FINISHED
+
+    def stopper(self) -> Stopper:
+        """A Tune stopper that ends the experiment once recording failed (see `fatal`)."""
+        return _StopOnFatal(self)
+
+    def _suggest(self, trial_id: str) -> dict | None:
         for _ in range(MAX_REJECTS):
             trial = self.study.ask()
             point, reason = self._point(trial)
@@ -114,6 +148,47 @@ class LabSearch(Searcher):
             return None
         return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
 
+    # --- a driver's end ---------------------------------------------------------------------
+
+    def interrupt(self) -> int:
+        """Settle the trials running now as interrupted (the driver is stopping: Ctrl-C, SIGTERM); they
+        do not count toward the budget, and `lab study resume` trains new points. Returns how many."""
+        live = list(self._trials)
+        for trial_id in live:
+            trial = self._trials.pop(trial_id)
+            info = self._points.pop(trial_id)
+            self._epochs.pop(trial_id, None)
+            row = self._row(trial.number, info["point"], state="failed", error=INTERRUPTED,
+                            started_at=info["started_at"], finished_at=now())
+            self.store.write_trial(row)
+            tell(self.study, trial, row, self.objectives)
+        return len(live)
+
+    def reconcile(self) -> int:
+        """Settle the trials a killed driver left RUNNING: from their fragment when it was written, else
+        as failed (interrupted; they do not count toward the budget), with the point their sampled
+        values give. Returns how many were settled."""
+        rows = {r["number"]: r for r in self.store.trials().to_pylist()}
+        settled = 0
+        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            row = rows.get(trial.number)
+            if row is None:
+                row = self._interrupted_row(trial)
+                self.store.write_trial(row)
+            tell(self.study, live_trial(self.study, trial), row, self.objectives)
+            settled += 1
+        return settled
+
+    def _interrupted_row(self, trial: optuna.trial.FrozenTrial) -> dict:
+        started = trial.datetime_start.astimezone(UTC) if trial.datetime_start is not None else None
+        try:   # the same values sample the same point (the space is define-by-run)
+            point, _ = self._point(optuna.trial.FixedTrial(trial.params, trial.number))
+        except Exception:   # a space edited since: keep what Optuna has
+            return dict(self.base_row, number=trial.number, state="failed", error=INTERRUPTED, started_at=started,
+                        finished_at=now(), hparams=json.dumps({"recipe": {}, "vars": trial.params}, sort_keys=True))
+        return self._row(trial.number, point, state="failed", error=INTERRUPTED, started_at=started or now(),
+                         finished_at=now())
+
     # --- results --------------------------------------------------------------------------
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -126,7 +201,12 @@ class LabSearch(Searcher):
             known = {e["epoch"] for e in self._epochs.get(trial_id, [])}
             if result.get("epoch") not in known:
                 self.on_trial_result(trial_id, result)
-        self._settle(trial_id, result, error)
+        if self.fatal is not None:   # recording failed: this trial stays RUNNING in Optuna for resume
+            return
+        try:
+            self._settle(trial_id, result, error)
+        except Exception as e:
+            self.fatal = e
 
     def _settle(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id not in self._trials:
@@ -138,7 +218,7 @@ class LabSearch(Searcher):
         if result.get("kind") == "final":
             state, why = result.get("state", "failed"), result.get("error")
         elif error:
-            state, why = "failed", "the trial raised outside training (see the Ray logs in the study folder)"
+            state, why = "failed", WORKER_LOST
         else:
             state, why = "pruned", f"stopped by the scheduler after {len(epochs)} epoch(s)"
         row = self._row(trial.number, info["point"], state=state, error=why, started_at=info["started_at"],
@@ -179,6 +259,17 @@ class LabSearch(Searcher):
         return row
 
 
+class _StopOnFatal(Stopper):
+    def __init__(self, searcher: LabSearch):
+        self.searcher = searcher
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.searcher.fatal is not None
+
+
 def _choices(point: Point) -> str:
     """The row's `hparams`: the sampled hyperparameters and grammar variables, as sorted JSON."""
     return json.dumps({"recipe": point.hparams, "vars": point.values}, sort_keys=True)
@@ -217,22 +308,6 @@ def tell(study: optuna.Study, trial: optuna.trial.Trial, row: dict, objectives: 
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-
-
-def reconcile(study: optuna.Study, store: StudyStore, objectives: list[tuple[str, str]], base_row: dict) -> int:
-    """Settle the trials a killed driver left RUNNING: from their fragment when it was written,
-    else as failed (interrupted; they do not count toward the budget). Returns how many were settled."""
-    rows = {r["number"]: r for r in store.trials().to_pylist()}
-    settled = 0
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        row = rows.get(trial.number)
-        if row is None:
-            row = dict(base_row, number=trial.number, state="failed", error=INTERRUPTED, finished_at=now(),
-                       hparams=json.dumps(trial.params, sort_keys=True))
-            store.write_trial(row)
-        tell(study, live_trial(study, trial), row, objectives)
-        settled += 1
-    return settled
 
 
 def counted(rows: list[dict]) -> int:

@@ -33,6 +33,7 @@ import yaml
 
 from lab.errors import LabError
 from lab.files import atomic_write, file_lock
+from lab.study.space_yaml import safe_load
 from lab.train.record import RUN_FIELDS
 
 STATES = ("complete", "pruned", "failed", "rejected")
@@ -238,7 +239,7 @@ class StudyStore:
         except (OSError, UnicodeDecodeError) as e:
             raise StoreError(f"{path}: unreadable study config ({e})") from None
         try:
-            config = yaml.safe_load(text)
+            config = safe_load(text)   # bounded: a study.yaml is data the user may have edited
         except yaml.YAMLError as e:
             raise StoreError(f"{path}: corrupt study config ({' '.join(str(e).split())})") from None
         if not isinstance(config, dict):
@@ -317,10 +318,13 @@ class StudyStore:
             return self._table(self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"])[0]
 
     def epochs(self) -> pa.Table:
-        """Every trial's latest curve, sorted by (number, epoch), in EPOCH_SCHEMA."""
+        """Every trial's latest curve, sorted by (number, epoch), in EPOCH_SCHEMA; only of trials that
+        have a row (a trial's curve is written just before its row: a reader in between, or a crash
+        there, must not see epochs of a trial the trials table does not hold)."""
         with self._locked(exclusive=False):
-            return self._table(self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch",
-                               ["number", "epoch"])[0]
+            epochs = self._table(self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch", ["number", "epoch"])[0]
+            numbers = self._table(self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"])[0].column("number")
+        return epochs.filter(pc.is_in(epochs.column("number"), value_set=numbers))
 
     # maintenance
     def compact(self) -> None:

@@ -1,0 +1,137 @@
+"""The study driver's Ray: started on this machine, or joined at `--address` after checks that fail in
+seconds, in one line, instead of Ray's long retry loops and tracebacks.
+
+Joining an address is checked in three steps: something accepts TCP there; it speaks HTTP/2 (Ray's
+GCS and Ray Client are gRPC servers: a web server or anything else is refused at once); Ray's own
+connect, with its retry window cut to `CONNECT_SECONDS` and its C++ log lines captured, which tell an
+authentication failure (a cluster with token authentication and a driver without its token) apart
+from any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import ray
+
+from lab.errors import StudyError
+
+CONNECT_SECONDS = 5   # Ray's connect retries (RAY_gcs_server_port_wait_time_s; 20 s by default)
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"   # + empty SETTINGS
+_AUTH_MARKERS = ("InvalidAuthToken", "Unauthenticated", "UNAUTHENTICATED", "authentication token")
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise StudyError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001)") from None
+    return host or "127.0.0.1", number
+
+
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """StudyError unless a gRPC server (a Ray head, or Ray Client) answers at `address`."""
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(_H2_PREFACE)
+            reply = conn.recv(16)
+    except TimeoutError:
+        raise StudyError(f"--address {address}: something accepts connections there but does not answer as a "
+                         f"Ray head (no gRPC reply in {timeout:g} s)") from None
+    except OSError as e:
+        raise StudyError(f"--address {address}: no Ray head answers there ({e.strerror or e})") from None
+    # an HTTP/2 server's first frame is SETTINGS: a 9-byte header whose 4th byte is the frame type 0x4
+    if len(reply) < 9 or reply[3] != 0x4:
+        seen = reply[:12].decode("ascii", "replace").strip() or "nothing"
+        raise StudyError(f"--address {address}: the server there is not a Ray head (it answered {seen!r}, "
+                         f"not gRPC); give the head's GCS port (`ray start --head` prints it)")
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """File descriptor 2 (where Ray's C++ core logs) into a temporary file for the block; the lines
+    are in the yielded list after it."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().splitlines())
+
+
+def _join(address: str, runtime_env: dict) -> None:
+    check_address(address)
+    previous = os.environ.get("RAY_gcs_server_port_wait_time_s")
+    if previous is None:   # a user's own setting (a head that restarts slowly) wins
+        os.environ["RAY_gcs_server_port_wait_time_s"] = str(CONNECT_SECONDS)
+    try:
+        with _captured_stderr() as logged:
+            try:
+                ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
+                return
+            except Exception as e:
+                error: Exception | None = e
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
+    text = "\n".join(logged) + f"\n{error}"
+    if any(marker in text for marker in _AUTH_MARKERS):
+        raise StudyError(f"--address {address}: the Ray cluster refused this driver's authentication token: it uses "
+                         f"token authentication (RAY_AUTH_MODE=token) and the token here is missing or another; "
+                         f"set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token) to the cluster's "
+                         f"token (`ray get-auth-token` on the head prints it)")
+    first = (str(error).splitlines() or [""])[0]
+    raise StudyError(f"--address {address}: cannot join the Ray cluster there ({type(error).__name__}: {first})")
+
+
+def start_ray(address: str | None = None) -> bool:
+    """Connect to the Ray cluster at `address`, or start Ray on this machine, unless this process is
+    connected already (a notebook's own Ray, or one a test worker shares among its studies: a study
+    then runs on it and leaves it running). Returns whether it was started here."""
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+    if address:
+        _join(address, env)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, runtime_env=env)
+    return True
+
+
+def check_gpus(gpus_per_trial: float) -> None:
+    """StudyError when trials ask for GPUs the connected cluster does not have."""
+    if gpus_per_trial <= 0:
+        return
+    have = ray.cluster_resources().get("GPU", 0)
+    if have < gpus_per_trial:
+        where = "this machine" if have == 0 else "the cluster"
+        raise StudyError(f"--gpus-per-trial {gpus_per_trial:g}: {where} has {have:g} GPU(s) for Ray; "
+                         f"train on CPUs with --gpus-per-trial 0")
+
+
+@contextlib.contextmanager
+def connected(address: str | None, gpus_per_trial: float = 0.0) -> Iterator[None]:
+    """Ray for the block: joined or started (and then shut down at its end, whatever ends it)."""
+    started = start_ray(address)
+    try:
+        check_gpus(gpus_per_trial)
+        yield
+    finally:
+        if started:
+            ray.shutdown()
