@@ -64,9 +64,10 @@ def hold_lock(path: str | Path, what: str = "") -> Iterator[str | None]:
         previous = fh.read().strip() or None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                 + (f" ({what})" if what else "") + "\n")
-        fh.flush()
+        with contextlib.suppress(OSError):   # a full disk: the lock holds without its informative line
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                     + (f" ({what})" if what else "") + "\n")
+            fh.flush()
         try:
             yield previous
         finally:
@@ -75,7 +76,8 @@ def hold_lock(path: str | Path, what: str = "") -> Iterator[str | None]:
                 fh.truncate()
             fcntl.flock(fh, fcntl.LOCK_UN)
     finally:
-        fh.close()
+        with contextlib.suppress(OSError):   # close() flushes: a write that failed fails again here
+            fh.close()
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:

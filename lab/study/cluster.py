@@ -11,6 +11,7 @@ from any other.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import sys
@@ -108,7 +109,8 @@ def start_ray(address: str | None = None) -> bool:
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
     if address:
         _join(address, env)
-    else:
+    else:   # a private Ray for this driver: Ray's note that it has token authentication on is no news
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  configure_logging=False, runtime_env=env)
     return True

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,7 +129,10 @@ def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1
     prepared = _prepare(config)
     existed = folder.exists()
     with connected(config.address, config.gpus_per_trial):
-        _no_space_is_one_line(lambda: folder.mkdir(parents=True, exist_ok=True), config.name, f"the study folder {folder}")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StudyError(f"study {config.name!r}: cannot make its folder {folder} ({e.strerror or e})") from None
         with _driver(folder, config.name, "create"):
             if (folder / "study.yaml").exists():   # another create finished first
                 raise StudyError(f"study {config.name!r} exists in {folder}: `lab study resume {config.name}` continues it")
@@ -135,9 +140,11 @@ def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1
             try:
                 _no_space_is_one_line(lambda: store.save_config(config.to_dict()), config.name, str(store.config_path))
                 return _run(config, store, prepared, verbose)
-            except BaseException:
-                _discard_unstarted(store, config, existed)
-                raise
+            except BaseException as e:
+                if not _discard_unstarted(store, config, existed) or not isinstance(e, NoSpace):
+                    raise
+                raise StudyError(f"study {config.name!r}: no space left on the device writing {e.where}; "
+                                 f"nothing of the study was kept: free space and create it again") from None
 
 
 def resume(name: str, root: str | Path | None = None, verbose: int = 1) -> Path:
@@ -148,12 +155,12 @@ def resume(name: str, root: str | Path | None = None, verbose: int = 1) -> Path:
         return _run(config, store, _prepare(config), verbose)
 
 
-def _discard_unstarted(store: StudyStore, config: StudyConfig, existed: bool) -> None:
+def _discard_unstarted(store: StudyStore, config: StudyConfig, existed: bool) -> bool:
     """After a create that failed: remove what it made unless a trial was recorded (then the study
-    started, and `lab study resume` continues it)."""
+    started, and `lab study resume` continues it). Returns whether it removed the study."""
     try:
         if store.trials().num_rows:
-            return
+            return False
     except LabError:
         pass
     if config.storage:   # a study this create made in the user's own database
@@ -165,6 +172,7 @@ def _discard_unstarted(store: StudyStore, config: StudyConfig, existed: bool) ->
         for name in ("study.yaml", "optuna.db", "trials", "epochs", "ray", DRIVER_LOCK, ".store.lock"):
             path = store.folder / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return True
 
 
 def _prepare(config: StudyConfig) -> tuple[list, object, object]:
@@ -234,8 +242,16 @@ def _no_space_is_one_line(step: Callable[[], object], name: str, where: str) -> 
     except Exception as e:
         if not _is_no_space(e):
             raise
-        raise StudyError(f"study {name!r}: no space left on the device writing {where}; free space, then "
-                         f"`lab study resume {name}` continues it (trials recorded so far are kept)") from None
+        raise NoSpace(f"study {name!r}: no space left on the device writing {where}; free space, then "
+                      f"`lab study resume {name}` continues it (trials recorded so far are kept)", where) from None
+
+
+class NoSpace(StudyError):
+    """A full disk (or quota) stopped the study while writing `where`."""
+
+    def __init__(self, message: str, where: str):
+        super().__init__(message)
+        self.where = where
 
 
 def _is_no_space(error: BaseException | None) -> bool:
@@ -253,8 +269,11 @@ def _is_no_space(error: BaseException | None) -> bool:
     return False
 
 
-DRIVERS = {"postgresql": ("psycopg2-binary", "postgresql+psycopg2://USER:PASSWORD@HOST/DB"),
-           "mysql": ("PyMySQL", "mysql+pymysql://USER:PASSWORD@HOST/DB")}
+# the missing module of a storage URL's database driver -> what to install and the URL that names it
+DRIVERS = {"psycopg2": ("psycopg2-binary", "postgresql+psycopg2://USER:PASSWORD@HOST/DB"),
+           "psycopg": ('"psycopg[binary]"', "postgresql+psycopg://USER:PASSWORD@HOST/DB"),
+           "MySQLdb": ("PyMySQL", "mysql+pymysql://USER:PASSWORD@HOST/DB"),
+           "pymysql": ("PyMySQL", "mysql+pymysql://USER:PASSWORD@HOST/DB")}
 
 
 def open_storage(url: str | None, default: Path | None = None) -> optuna.storages.RDBStorage:
@@ -267,9 +286,9 @@ def open_storage(url: str | None, default: Path | None = None) -> optuna.storage
     except ImportError as e:   # Optuna wraps SQLAlchemy's ModuleNotFoundError of the dialect's driver
         missing = next((c.name for c in (e, e.__cause__, e.__context__) if isinstance(c, ModuleNotFoundError)), None)
         dialect = target.split(":", 1)[0].split("+", 1)[0]
-        package, form = DRIVERS.get(dialect, (missing or "its driver", f"{dialect}+DRIVER://..."))
+        package, form = DRIVERS.get(missing or "", (missing or "the driver", f"{dialect}+DRIVER://..."))
         raise StudyError(f"{what}: its database driver is not installed (no module {missing or '?'}): "
-                         f"`pip install {package}` and give the URL as {form}") from None
+                         f"`pip install {package}`, with the URL {form}") from None
     except Exception as e:
         if _is_no_space(e):
             raise StudyError(f"{what}: no space left on the device to create it; free space and retry") from None
@@ -298,7 +317,7 @@ def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, rem
         run_config=tune.RunConfig(name=f"run-{datetime.now():%Y%m%d-%H%M%S}", storage_path=str(store.folder / "ray"),
                                   verbose=verbose, log_to_file=True, stop=searcher.stopper()),
     )
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt(), _ray_quieted() as ray_noise:
         try:
             tuner.fit()
             if searcher.fatal is not None:   # recording failed: Tune was stopped (see LabSearch.fatal)
@@ -307,6 +326,52 @@ def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, rem
             n = searcher.interrupt()
             raise StudyInterrupted(f"study {config.name!r} interrupted; {n} running trial(s) settled as interrupted "
                                    f"(not counted): `lab study resume {config.name}` continues it") from None
+    if ray_noise.dropped:
+        print(f"lab: warning: Ray could not write its trial logs under {store.folder / 'ray'} ({ray_noise.dropped} "
+              f"times: no space left on the device); the study's own tables are complete", file=sys.stderr)
+
+
+# Ray's loggers whose records the driver condenses: its writers of trial logs and experiment state (a
+# traceback per failed write on a full disk) and Tune's reports of trial errors (a traceback per trial)
+_RAY_LOGGERS = ("ray.train._internal.syncer", "ray.train._internal.storage", "ray.tune.execution.tune_controller",
+                "ray.tune.execution.experiment_state", "ray.tune.logger", "ray.tune.utils.callback", "ray.tune.tune")
+
+
+class _RayNoise(logging.Filter):
+    """Drops Ray's records about a full disk (counted: the study reports a full disk once, itself) and
+    turns its trial-error tracebacks into one line (the trial's row keeps the reason)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        if "No space left on device" in f"{text} {error}" or "[Errno 28]" in f"{text} {error}":
+            self.dropped += 1
+            return False
+        if text.startswith("Trials did not complete"):
+            return False   # the summary counts failed trials
+        if text.startswith("Trial task failed for trial"):
+            what = type(error).__name__ if error is not None else "an error"
+            print(f"lab: warning: a trial failed in its worker ({what}); it is recorded as failed and the study "
+                  f"goes on", file=sys.stderr)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _ray_quieted() -> Iterator[_RayNoise]:
+    quiet = _RayNoise()
+    loggers = [logging.getLogger(name) for name in _RAY_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield quiet
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 @contextlib.contextmanager
