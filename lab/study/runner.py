@@ -111,12 +111,16 @@ def folder_of(name: str, root: str | Path | None = None) -> Path:
 def _driver(folder: Path, name: str, command: str) -> Iterator[None]:
     """This process as the study's only driver for the block; StudyError naming the holder when another
     driver runs it. A driver that died (kill -9, a crash) released its flock with its process."""
-    try:
-        with hold_lock(folder / DRIVER_LOCK, f"lab study {command} {name}"):
-            yield
-    except LockHeld as e:
-        raise StudyError(f"study {name!r} is already being run by another driver: {e.holder}; wait for it to "
-                         f"finish or stop it (Ctrl-C) before `lab study {command}`") from None
+    with contextlib.ExitStack() as stack:
+        try:   # only taking the lock is guarded here: the block's own errors pass through
+            stack.enter_context(hold_lock(folder / DRIVER_LOCK, f"lab study {command} {name}"))
+        except LockHeld as e:
+            raise StudyError(f"study {name!r} is already being run by another driver: {e.holder}; wait for it to "
+                             f"finish or stop it (Ctrl-C) before `lab study {command}`") from None
+        except OSError as e:   # a filesystem without flock (some network mounts), a read-only folder
+            raise StudyError(f"study {name!r}: cannot take its driver lock {folder / DRIVER_LOCK} "
+                             f"({e.strerror or e}); run studies on a filesystem with flock (--root)") from None
+        yield
 
 
 def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1) -> Path:
