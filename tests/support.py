@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: the catalog, the reference table, and measuring built modules."""
+"""Helpers shared by the tests: the catalog, the reference table, measuring built modules, running the CLI."""
 
 from __future__ import annotations
 
@@ -91,3 +91,26 @@ def measured_cost(model: torch.nn.Module, in_chans: int, res: int, frames: int =
         for h in hooks:
             h.remove()
     return counter.get_total_flops() / 2 / batch + sum(na_macs) / batch, sum(written) // batch
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`lab ARGV...` in this process: (exit code, stdout, stderr), argparse's exits included."""
+    from lab.cli.main import main
+
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# every point is valid, but a learning rate of 1e30 makes every trial diverge (NaN loss) in its worker
+BAD_RECIPE_SPACE = """
+res: 28
+vars:
+  width: {choice: [8, 16]}
+hparams:
+  lr: {choice: [1.0e+30]}
+text: "@{res} | conv(c={width},k=3,s=2),bn,relu | basic 1x{width} | gap,fc"
+"""

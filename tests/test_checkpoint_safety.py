@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
+from support import run_cli
 
 import lab
 import lab.train.checkpoint as checkpoint_module
-from lab.cli.main import main
 from lab.errors import TrainError
 from lab.train.checkpoint import load_checkpoint, save_checkpoint
 from lab.train.record import read_records
@@ -29,12 +29,7 @@ TINY = "@16 | conv(c=8,k=3),bn,relu | basic 1x8, 1x16/2 | gap,fc"
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_cli(capsys, *argv)
 
 
 def _one_line_error(rc: int, err: str) -> str:

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from support import run_cli
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import lab.train.run as run_module
 from lab import __version__
 from lab.build import build
-from lab.cli.main import main
 from lab.cost import totals
 from lab.errors import LabError, TrainError
 from lab.grammar import parse
@@ -183,12 +183,7 @@ def test_check_fits_says_why_and_require_fits_raises():
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_cli(capsys, *argv)
 
 
 def test_the_issues_point_is_refused_in_one_line_before_it_is_built(capsys, monkeypatch, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from support import BAD_RECIPE_SPACE
 
 from lab.cli.main import main
 from lab.errors import StudyError
@@ -78,17 +79,6 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, local_ray):
     assert len(rows) == 2 and all(r["state"] == "failed" and "diverged: loss became nan" in r["error"] for r in rows)
 
 
-# every point is valid, but a learning rate of 1e30 makes every trial diverge (NaN loss) in its worker
-BAD_RECIPE_SPACE = """
-res: 28
-vars:
-  width: {choice: [8, 16]}
-hparams:
-  lr: {choice: [1.0e+30]}
-text: "@{res} | conv(c={width},k=3,s=2),bn,relu | basic 1x{width} | gap,fc"
-"""
-
-
 EMPTY_SPACE = """
 res: 28
 budget: {max_macs: 1}
@@ -136,8 +126,6 @@ def test_study_cli_show_list_export(tmp_path, capsys, local_ray):
     assert main(["study", "resume", "cli", "--root", root, "--quiet"]) == 0   # the budget is met: nothing to run
     assert json.loads(json.dumps(StudyStore(tmp_path / "studies" / "cli").load_config()))["trials"] == 2
     assert main(["study", "show", "nope", "--root", root]) == 2
-
-
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, local_ray):
@@ -216,10 +204,9 @@ def test_a_bad_recipe_file_names_the_setting(tmp_path):
 
 
 def test_a_study_resolution_rescales_sampled_points_and_rechecks_the_budget(tmp_path):
+    import lab
     from lab.study.search import LabSearch
     from lab.study.space import load_space
-
-    import lab
 
     space = load_space("conv")
     searcher = LabSearch(space, StudyStore(tmp_path), [("val_top1", "max"), ("macs", "min")],

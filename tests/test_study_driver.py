@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from support import BAD_RECIPE_SPACE
 
 from lab.cli.main import main
 from lab.dashboard.synthetic import write_synthetic_study
@@ -259,16 +260,6 @@ def test_a_disk_that_fills_mid_study_is_one_line_and_resume_completes_it(tmp_pat
     assert sum(r["state"] in ("complete", "pruned") for r in rows) == 2, rows
     study = optuna.load_study(study_name="fill", storage=f"sqlite:///{root / 'fill'}/optuna.db")
     assert not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-
-
-BAD_RECIPE_SPACE = """
-res: 28
-vars:
-  width: {choice: [8, 16]}
-hparams:
-  lr: {choice: [1.0e+30]}
-text: "@{res} | conv(c={width},k=3,s=2),bn,relu | basic 1x{width} | gap,fc"
-"""
 
 
 def test_a_study_whose_every_trial_failed_exits_2_with_the_first_reason(tmp_path, capsys, local_ray):

@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 import torch
+from support import run_cli
 
-from lab.cli.main import main
 from lab.interop.timm import export_timm
 from lab.train.checkpoint import load_checkpoint
 from lab.train.record import read_records
@@ -26,12 +26,7 @@ def pretrained(tmp_path_factory):
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_cli(capsys, *argv)
 
 
 def test_pretrained_features_beat_random_ones_downstream(pretrained, tmp_path):
