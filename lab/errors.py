@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def first_line(error: BaseException, default: str = "") -> str:
+    """The first line of `error`'s message: how a one-line error quotes its cause."""
+    return (str(error).strip().splitlines() or [default])[0]
+
+
 class LabError(Exception):
     """Base class of every error caused by user input (bad text, YAML, flags, data)."""
 

@@ -35,6 +35,25 @@ def file_lock(path: str | Path, exclusive: bool = True, read_only_ok: bool = Fal
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# how a full disk reads in the errors of OSError, SQLite, safetensors (Rust) and torch's writer
+NO_SPACE_TEXT = ("No space left", "[Errno 28]", "os error 28", "code: 28", "Disk quota exceeded", "os error 122",
+                 "database or disk is full")
+
+
+def is_no_space(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from, is a full disk (or quota)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            return True
+        if any(text in str(error) for text in NO_SPACE_TEXT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class LockHeld(Exception):
     """`hold_lock` found the lock taken; `holder` is what its holder wrote into the lock file."""
 

@@ -14,7 +14,7 @@ import torch
 
 from lab.data.decode import Scan, decode_many
 from lab.data.imagefolder import Files, fits
-from lab.errors import DataError
+from lab.errors import DataError, first_line
 
 OPTIONS = {"image": "image", "label": "label"}  # option -> default column
 
@@ -130,7 +130,7 @@ def load(name: str, path: str, options: dict[str, str], size: int | None, memory
         try:
             schema = pq.read_schema(file)
         except Exception as e:
-            why = (str(e).strip().splitlines() or [""])[0][:120]
+            why = first_line(e)[:120]
             raise DataError(f"{name}: {file} is not a readable Parquet file ({type(e).__name__}: {why})") from None
         present = ", ".join(schema.names)
         for what, hint in (("image", "?image=COL"), ("label", "?label=COL")):

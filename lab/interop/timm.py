@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lab.build import Net, Placement
-from lab.errors import LabError
+from lab.errors import LabError, first_line
 from lab.interop.weights import read_weights
 
 SHOWN = 5  # mismatches named in an error, per category
@@ -362,7 +362,7 @@ def pretrained_state_dict(timm_name: str) -> dict[str, Tensor]:
         with _hub_cache_only(offline):
             model = timm.create_model(timm_name, pretrained=True)
     except Exception as e:  # network, hub and missing-weights errors come in many types
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e, type(e).__name__)
         why = f"{host} cannot be reached and no copy is cached" if offline else f"{type(e).__name__}: {reason[:200]}"
         raise InteropError(f"could not fetch timm's pretrained {timm_name} ({why}); pass a local checkpoint "
                            "file instead (--init PATH)") from None

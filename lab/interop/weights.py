@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 from lab.cost import totals
-from lab.errors import TrainError
+from lab.errors import TrainError, first_line
 from lab.grammar import Spec, parse
 
 MAX_TEXT = 64 * 1024  # characters of grammar text: the catalog's largest points use well under 1 KB
@@ -112,7 +112,7 @@ def _refused(path: Path, e: Exception) -> TrainError:
 
 
 def _unreadable(path: Path, e: Exception) -> TrainError:
-    first = (str(e).strip().splitlines() or [""])[0]
+    first = first_line(e)
     if "weights_only" in first:  # never pass on torch's advice to load unsafely
         first = "not a weights-only checkpoint"
     return TrainError(f"checkpoint {path} is not readable as a lab checkpoint or a state_dict "

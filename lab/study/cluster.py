@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import ray
 
-from lab.errors import StudyError
+from lab.errors import StudyError, first_line
 
 CONNECT_SECONDS = 5   # Ray's connect retries (RAY_gcs_server_port_wait_time_s; 20 s by default)
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"   # + empty SETTINGS
@@ -86,7 +86,7 @@ def _join(address: str, runtime_env: dict) -> None:
                 ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
                 return
             except Exception as e:
-                error: Exception | None = e
+                error = e   # classified below, once the captured lines are in
     finally:
         if previous is None:
             os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
@@ -96,7 +96,7 @@ def _join(address: str, runtime_env: dict) -> None:
                          f"token authentication (RAY_AUTH_MODE=token) and the token here is missing or another; "
                          f"set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token) to the cluster's "
                          f"token (`ray get-auth-token` on the head prints it)")
-    first = (str(error).splitlines() or [""])[0]
+    first = first_line(error)
     raise StudyError(f"--address {address}: cannot join the Ray cluster there ({type(error).__name__}: {first})")
 
 

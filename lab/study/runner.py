@@ -7,7 +7,6 @@ and lets Ray Tune run `lab.train.run.train` trials (locally or on a cluster) unt
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -28,8 +27,8 @@ from ray.tune.search import ConcurrencyLimiter
 
 from lab import __version__
 from lab.data import Dataset, load_dataset
-from lab.errors import LabError, StudyError, StudyInterrupted, TrainError
-from lab.files import LockHeld, hold_lock
+from lab.errors import LabError, StudyError, StudyInterrupted, TrainError, first_line
+from lab.files import NO_SPACE_TEXT, LockHeld, hold_lock, is_no_space
 from lab.grammar import Spec
 from lab.memory import check_fits
 from lab.pareto import parse_objectives
@@ -100,7 +99,6 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
 # --- the driver -------------------------------------------------------------------------------
 
 DRIVER_LOCK = ".driver.lock"   # held by the one driver of a study (create or resume) for its whole run
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def folder_of(name: str, root: str | Path | None = None) -> Path:
@@ -244,7 +242,7 @@ def _no_space_is_one_line(step: Callable[[], object], name: str, where: str) -> 
     except LabError:
         raise
     except Exception as e:
-        if not _is_no_space(e):
+        if not is_no_space(e):
             raise
         raise NoSpace(f"study {name!r}: no space left on the device writing {where}; free space, then "
                       f"`lab study resume {name}` continues it (trials recorded so far are kept)", where) from None
@@ -256,21 +254,6 @@ class NoSpace(StudyError):
     def __init__(self, message: str, where: str):
         super().__init__(message)
         self.where = where
-
-
-def _is_no_space(error: BaseException | None) -> bool:
-    """Whether `error`, or an error it was raised from, is a full disk: OSError ENOSPC/EDQUOT, or the
-    SQLite/SafeTensors/torch wordings of it."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _NO_SPACE:
-            return True
-        text = str(error)
-        if "database or disk is full" in text or "No space left" in text or "Disk quota exceeded" in text:
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 # the missing module of a storage URL's database driver -> what to install and the URL that names it
@@ -294,9 +277,9 @@ def open_storage(url: str | None, default: Path | None = None) -> optuna.storage
         raise StudyError(f"{what}: its database driver is not installed (no module {missing or '?'}): "
                          f"`pip install {package}`, with the URL {form}") from None
     except Exception as e:
-        if _is_no_space(e):
+        if is_no_space(e):
             raise StudyError(f"{what}: no space left on the device to create it; free space and retry") from None
-        first = (str(e).splitlines() or [""])[0]
+        first = first_line(e)
         raise StudyError(f"{what}: cannot open it ({type(e).__name__}: {first})") from None
 
 
@@ -352,7 +335,7 @@ class _RayNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         error = record.exc_info[1] if record.exc_info else None
-        if "No space left on device" in f"{text} {error}" or "[Errno 28]" in f"{text} {error}":
+        if is_no_space(error) or any(words in text for words in NO_SPACE_TEXT):
             self.dropped += 1
             return False
         if text.startswith("Trials did not complete"):

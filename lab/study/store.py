@@ -315,16 +315,23 @@ class StudyStore:
     def trials(self) -> pa.Table:
         """Every trial once (its latest write), sorted by number, in TRIAL_SCHEMA."""
         with self._locked(exclusive=False):
-            return self._table(self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"])[0]
+            return self._trials()
 
     def epochs(self) -> pa.Table:
-        """Every trial's latest curve, sorted by (number, epoch), in EPOCH_SCHEMA; only of trials that
-        have a row (a trial's curve is written just before its row: a reader in between, or a crash
-        there, must not see epochs of a trial the trials table does not hold)."""
+        """Every trial's latest curve, sorted by (number, epoch), in EPOCH_SCHEMA (see `tables`)."""
+        return self.tables()[1]
+
+    def tables(self) -> tuple[pa.Table, pa.Table]:
+        """(trials, epochs), read together under one lock. Epochs are only of trials that have a row (a
+        trial's curve is written just before its row: a reader in between, or a crash there, must not
+        see epochs of a trial the trials table does not hold)."""
         with self._locked(exclusive=False):
+            trials = self._trials()
             epochs = self._table(self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch", ["number", "epoch"])[0]
-            numbers = self._table(self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"])[0].column("number")
-        return epochs.filter(pc.is_in(epochs.column("number"), value_set=numbers))
+        return trials, epochs.filter(pc.is_in(epochs.column("number"), value_set=trials.column("number")))
+
+    def _trials(self) -> pa.Table:
+        return self._table(self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"])[0]
 
     # maintenance
     def compact(self) -> None:
@@ -359,7 +366,7 @@ class StudyStore:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         out = []
-        for name, table in (("trials", self.trials()), ("epochs", self.epochs())):
+        for name, table in zip(("trials", "epochs"), self.tables()):
             path = dest / f"{name}.{format}"
             if format == "parquet":
                 atomic_write(path, functools.partial(pq.write_table, table))

@@ -67,13 +67,14 @@ def read_studies(studies: Sequence[str | Path], root: str | Path | None = None, 
             objectives = parse_objectives(str(config.get("objectives", "val_acc:max,macs:min")))
         except ValueError as e:
             raise StudyError(f"{store.config_path}: {e}") from None
-        trials = store.trials().to_pandas()
+        trial_table, epoch_table = store.tables()
+        trials = trial_table.to_pandas()
         trials.insert(0, "study", name)
         states = {str(k): int(v) for k, v in trials["state"].value_counts().items()}
         infos.append(StudyInfo(name, folder, config, objectives, states))
         trial_frames.append(trials)
         if epochs:
-            curve = store.epochs().to_pandas()
+            curve = epoch_table.to_pandas()
             curve.insert(0, "study", name)
             epoch_frames.append(curve)
     if not infos:

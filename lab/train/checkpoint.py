@@ -10,7 +10,6 @@ file's weights, its metadata checked, is `lab.interop.weights.read_weights` (re-
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -24,8 +23,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lab.build import build
-from lab.errors import DataError, TrainError
-from lab.files import atomic_write
+from lab.errors import DataError, TrainError, first_line
+from lab.files import atomic_write, is_no_space
 from lab.grammar import parse
 from lab.interop.weights import read_weights
 from lab.train.record import append_record
@@ -51,9 +50,6 @@ def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict) -> Path:
     return pt
 
 
-# what a full disk (or quota) looks like: an errno, or the text of safetensors' and torch's errors
-_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_NO_SPACE_TEXT = ("No space left", "os error 28", "code: 28", "Disk quota exceeded", "os error 122")
 _WRITE_ERRORS = (OSError, RuntimeError, SafetensorError, pa.ArrowException)  # torch.save raises RuntimeError
 
 
@@ -111,18 +107,12 @@ def _write_failure(e: BaseException, out: Path, need: int) -> str:
     """Why a write failed, in a few words: "no space left on device" when an errno or the error's
     text says so, or when the folder's free space is below what the run needs (torch.save's
     "unexpected pos" names no cause); else the error's type and first line."""
-    cause: BaseException | None = e
-    for _ in range(8):   # the error and what it was raised from
-        if cause is None:
-            break
-        if (isinstance(cause, OSError) and cause.errno in _NO_SPACE_ERRNOS) or \
-                any(s in str(cause) for s in _NO_SPACE_TEXT):
-            return "no space left on device"
-        cause = cause.__cause__ or cause.__context__
+    if is_no_space(e):
+        return "no space left on device"
     free = _free_bytes(out)
     if free is not None and free < need:
         return f"no space left on device ({_size(free)} free, the run needs about {_size(need)})"
-    first = (str(e).strip().splitlines() or [""])[0]
+    first = first_line(e)
     return f"{type(e).__name__}: {first[:200]}"
 
 
@@ -164,7 +154,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     try:
         model.load_state_dict(state, strict=True)
     except Exception as e:  # a dtype that cannot be copied, a sparse tensor, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e, type(e).__name__)
         raise TrainError(f"checkpoint {path}: field 'state_dict' does not load into its model ({first[:200]})") from None
     return model.eval(), meta
 
