@@ -12,6 +12,7 @@ estimate is on the safe side (what the refusals need); far below 1, it refuses p
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -54,6 +55,16 @@ def allocated_peak(fn: Callable[[], object]) -> int:
     return max(itertools.accumulate(deltas, initial=0))
 
 
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        model(x)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
@@ -69,17 +80,9 @@ def main() -> None:
         resident = (sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
                     + x.numel() * x.element_size())
 
-        def step() -> None:
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        def forward() -> None:
-            with torch.no_grad():
-                model(x)
-
-        train = allocated_peak(step) + resident
+        train = allocated_peak(functools.partial(train_step, model, opt, x, y)) + resident
         model.eval()
-        infer = allocated_peak(forward) + resident
+        infer = allocated_peak(functools.partial(forward, model, x)) + resident
         t_est = training_memory(spec, args.batch, 10, 3).total
         i_est = inference_memory(spec, args.batch, 10, 3).total
         print(f"{name:9s} train {format_size(train):>9s} / {format_size(t_est):>9s} = {train / t_est:.2f}   "
