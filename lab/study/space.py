@@ -36,7 +36,7 @@ from lab.cost import steps, totals
 from lab.errors import LabError, SpecError, TrainError
 from lab.grammar import parse
 from lab.kinds import REGISTRY, TRAITS, in_order, traits
-from lab.study import space_yaml
+from lab.study import samplers, space_yaml
 from lab.study.space_expr import FUNCTIONS, Expr, ExprError, Template
 from lab.train.recipes import Recipe
 
@@ -86,7 +86,7 @@ class Point:
         return self.reason is None
 
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "nsga2", "random") + samplers.GRAMMAR_SAMPLERS
 
 
 class SearchSpace(Protocol):
@@ -587,8 +587,11 @@ class Space:
         return None
 
     def sampler(self, name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-        """TPE (the default), NSGA-II or random sampling for a study of `trials` trials. Rejected points
-        carry a violated `budget` constraint (lab.study.search.tell), which TPE and NSGA-II read."""
+        """TPE (the default), NSGA-II or random sampling for a study of `trials` trials, or a grammar-aware
+        one (lab.study.samplers: evolution, local, gp). Rejected points carry a violated `budget`
+        constraint (lab.study.search.tell), which TPE, NSGA-II and gp read."""
+        if name in samplers.GRAMMAR_SAMPLERS:
+            return samplers.make(name, seed, trials)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "nsga2":
