@@ -1,4 +1,5 @@
-"""Where lab's own data lives: the search_spaces folder (``named.yaml`` and the searchable spaces).
+"""Where lab's own data lives: the search_spaces folder (``named.yaml`` and the searchable spaces),
+and the benchmark tables it ships (``lab/nasbench/*.parquet``: what a replayed study reads).
 
 The folder is the source tree's top-level ``search_spaces/``; the wheel ships it as the package
 ``lab.search_spaces`` (pyproject.toml maps the one to the other) and it is read through
@@ -63,3 +64,14 @@ def shipped_spaces() -> list[str]:
     """The names of the searchable spaces in `spaces_dir()`, sorted: every ``*.yaml`` but named.yaml."""
     folder = spaces_dir()
     return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != NAMED and p.is_file())
+
+
+BENCH_FOLDER = "nasbench"   # lab/nasbench/NAME.parquet: the shipped benchmark tables (package data of lab)
+
+
+def shipped_benches() -> dict[str, Path]:
+    """The benchmark tables shipped with lab: name -> file."""
+    folder = importlib.resources.files("lab") / BENCH_FOLDER
+    if not isinstance(folder, Path) or not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.parquet")) if p.is_file()}

@@ -114,3 +114,47 @@ hparams:
   lr: {choice: [1.0e+30]}
 text: "@{res} | conv(c={width},k=3,s=2),bn,relu | basic 1x{width} | gap,fc"
 """
+
+
+def synthetic_bench(folder, n: int = 40, epochs: int = 2, seed: int = 0, name: str = "synthetic"):
+    """A benchmark table file of `n` random valid points of the hybrid space with made-up curves
+    (accuracy rising with MACs, conv stems and conv stages; seconds with MACs) and proxies: what
+    `lab bench` and replays read, without training anything."""
+    import json
+    import math
+
+    import numpy as np
+    import optuna
+
+    from lab.study.space import load_space
+    from lab.tabular.table import make_table, save_bench
+    from lab.train.record import PROXIES
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space("hybrid")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    rng = np.random.default_rng(seed)
+    rows, curves = [], {}
+    while len(rows) < n:
+        point = space.sample(study.ask(), 10, 1)
+        if not point.ok or any(r["text"] == point.text for r in rows):
+            continue
+        conv = sum(str(v) in ("basic", "bottleneck", "convnext") for k, v in point.values.items() if k.startswith("mixer"))
+        final = min(0.99, 0.3 + 0.1 * math.log10(point.macs / 1e6 + 1) * 3 + 0.1 * conv + rng.normal(0, 0.02))
+        number = len(rows)
+        curve = [{"epoch": e + 1, "loss": 2.0 / (e + 1), "val_top1": final * (e + 1) / epochs,
+                  "seconds": (e + 1) * point.macs / 2e6} for e in range(epochs)]
+        row = {"number": number, "state": "complete", "text": point.text, "params": point.params, "macs": point.macs,
+               "hparams": json.dumps({"recipe": point.hparams, "vars": point.values}, sort_keys=True),
+               "val_top1": final, "test_top1": final - 0.01, "loss": curve[-1]["loss"],
+               "train_seconds": curve[-1]["seconds"], "worker_seconds": curve[-1]["seconds"] * 1.2}
+        for i, proxy in enumerate(PROXIES):   # proxies: the accuracy plus more and more noise
+            row[f"zc_{proxy}"] = final + rng.normal(0, 0.05 * (i + 1))
+            row[f"zc_{proxy}_seconds"] = 0.01 * (i + 1)
+        rows.append(row)
+        curves[number] = curve
+    meta = {"settings": {"dataset": "mnist5k", "fraction": 0.25, "epochs": epochs, "recipe": "default", "batch_size": 64,
+                         "res": 28, "seed": 1000, "objectives": "val_acc:max,macs:min"},
+            "data": {"name": "mnist5k", "fraction": 0.25, "n_train": 1000, "num_classes": 10, "in_chans": 1, "frames": 1},
+            "space": {"name": "hybrid", "definition": space.to_dict()}}
+    return save_bench(make_table(rows, curves, meta), Path(folder) / f"{name}.parquet")

@@ -46,7 +46,12 @@ assert importlib.metadata.version("lab") == lab.__version__
 names = shipped_spaces()
 for name in names:
     assert load_space(name).name == name
-print(json.dumps({"lab": str(where), "spaces": names, "named": len(lab.names())}))
+from lab.resources import shipped_benches
+from lab.tabular.table import load_bench
+benches = shipped_benches()
+assert all(p.resolve().is_relative_to(venv) for p in benches.values()), benches
+assert load_bench("hybrid").table.num_rows > 0
+print(json.dumps({"lab": str(where), "spaces": names, "named": len(lab.names()), "benches": sorted(benches)}))
 """
 
 
@@ -82,6 +87,8 @@ def test_the_wheel_holds_every_module_and_the_search_spaces(wheel):
     assert yamls == {f"lab/search_spaces/{p.name}" for p in (ROOT / "search_spaces").glob("*.yaml")}
     assert {"named", *SHIPPED} <= {Path(n).stem for n in yamls}
     assert {"lab/search_spaces/__init__.py", "lab/resources.py", "lab/__main__.py"} <= names
+    tables = {f"lab/nasbench/{p.name}" for p in (ROOT / "lab" / "nasbench").glob("*.parquet")}
+    assert "lab/nasbench/hybrid.parquet" in tables and tables <= names   # the shipped benchmark tables
     modules = {f"lab/{p.relative_to(ROOT / 'lab').as_posix()}" for p in (ROOT / "lab").rglob("*.py")
                if "__pycache__" not in p.parts}
     missing = sorted(modules - names)
@@ -126,7 +133,7 @@ def test_the_installed_wheel_works_from_another_folder(wheel, tmp_path):
     assert out["show"].startswith("resnet50") and "bottleneck" in out["show"]
     assert out["module"].startswith("usage: lab") and "--version" in out["module"]
     got = json.loads(out["snippet"].strip().splitlines()[-1])
-    assert SHIPPED <= set(got["spaces"]) and got["named"] == len(listed)
+    assert SHIPPED <= set(got["spaces"]) and got["named"] == len(listed) and "hybrid" in got["benches"]
     assert (work / "RUNS" / "runs.parquet").is_file()
 
 

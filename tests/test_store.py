@@ -359,3 +359,22 @@ def test_epochs_of_a_trial_show_only_once_its_row_exists(tmp_path):
     assert store.epochs().column("number").to_pylist() == [1]
     store.write_trial(trial(2))
     assert store.epochs().column("number").to_pylist() == [1, 2]
+
+
+def test_buffered_writes_are_read_back_and_land_compacted(tmp_path):
+    store = StudyStore(tmp_path / "s")
+    store.write_trial({"number": 0, "state": "complete", "val_top1": 0.5})
+    store.compact()
+    with store.buffered():
+        store.write_trial({"number": 1, "state": "pruned", "val_top1": 0.2})
+        store.write_trial({"number": 0, "state": "complete", "val_top1": 0.7})   # a later write wins
+        store.write_epochs(1, curve(1, n=2))
+        assert not list((tmp_path / "s" / "trials").glob("*.parquet"))   # nothing written yet
+        assert [r["val_top1"] for r in rows(store.trials())] == [0.7, 0.2]   # but read back
+    again = StudyStore(tmp_path / "s")
+    assert [(r["number"], r["val_top1"]) for r in rows(again.trials())] == [(0, 0.7), (1, 0.2)]
+    assert len(rows(again.epochs())) == 2 and not list((tmp_path / "s" / "epochs").glob("*.parquet"))
+    with pytest.raises(RuntimeError), store.buffered():   # an error in the block still writes what it had
+        store.write_trial({"number": 2, "state": "failed", "error": "x"})
+        raise RuntimeError
+    assert [r["number"] for r in rows(StudyStore(tmp_path / "s").trials())] == [0, 1, 2]

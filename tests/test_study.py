@@ -22,7 +22,10 @@ from lab.study.runner import create, resume
 from lab.study.search import DUPLICATE
 from lab.study.store import StudyStore
 
-SMALL = dict(dataset="mnist5k", fraction=0.05, epochs=1, batch_size=32, concurrency=2, seed=0)
+# tpe without the default's warm start (scoring its pool would be most of these tiny studies' time);
+# the end-to-end test runs the default sampler
+SMALL = dict(dataset="mnist5k", fraction=0.05, epochs=1, batch_size=32, concurrency=2, seed=0, sampler="tpe")
+DEFAULT_SAMPLER = StudyConfig.__dataclass_fields__["sampler"].default
 
 
 def _optuna_trials(folder: Path, name: str) -> dict[int, optuna.trial.FrozenTrial]:
@@ -53,7 +56,8 @@ def _agree(folder: Path, name: str) -> list[dict]:
 
 
 def test_a_small_study_end_to_end(tmp_path, local_ray):
-    folder = create(StudyConfig(name="e2e", space="hybrid", trials=4, **SMALL), root=tmp_path, verbose=0)
+    folder = create(StudyConfig(name="e2e", space="hybrid", trials=4, **dict(SMALL, sampler=DEFAULT_SAMPLER)),
+                    root=tmp_path, verbose=0)
     rows = _agree(folder, "e2e")
     trained = [r for r in rows if r["state"] != "rejected"]
     assert len(trained) == 4 and all(r["state"] == "complete" for r in trained), rows
@@ -112,7 +116,7 @@ def test_bad_study_input_is_one_line_exit_2_and_leaves_no_study(tmp_path, capsys
 def test_study_cli_show_list_export(tmp_path, capsys, local_ray):
     root = str(tmp_path / "studies")
     rc = main(["study", "create", "--name", "cli", "--root", root, "--quiet", "--trials", "2", "--fraction", "0.05",
-               "--epochs", "1", "--space", "conv"])
+               "--epochs", "1", "--space", "conv", "--sampler", "tpe"])
     out = capsys.readouterr().out
     assert rc == 0 and "study cli" in out and "Pareto set" in out
     assert main(["study", "show", "cli", "--root", root, "--json"]) == 0
@@ -133,7 +137,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, local_ray):
     folder = root / "r"
     cmd = [sys.executable, "-m", "lab.cli.main", "study", "create", "--name", "r", "--root", str(root), "--quiet",
            "--space", "conv", "--trials", "4", "--concurrency", "1", "--fraction", "0.05", "--epochs", "2",
-           "--scheduler", "fifo", "--batch-size", "32"]
+           "--scheduler", "fifo", "--batch-size", "32", "--sampler", "tpe"]
     driver = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240

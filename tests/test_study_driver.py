@@ -26,7 +26,8 @@ from lab.study.runner import DRIVER_LOCK, create, resume
 from lab.study.search import DUPLICATE, INTERRUPTED
 from lab.study.store import StudyStore
 
-TINY = ["--space", "conv", "--fraction", "0.05", "--epochs", "1", "--batch-size", "32", "--no-dashboard", "--quiet"]
+TINY = ["--space", "conv", "--fraction", "0.05", "--epochs", "1", "--batch-size", "32", "--no-dashboard", "--quiet",
+        "--sampler", "tpe"]   # no warm start: its pool's proxies would be most of these tiny studies' time
 
 
 def _one_line(capsys) -> str:

@@ -21,6 +21,7 @@ class ArgParser(argparse.ArgumentParser):
 def make_parser() -> ArgParser:
     from lab.cli import (  # lazy: start-up time
         arch,
+        bench,
         dashboard,
         probe,
         scale,
@@ -40,6 +41,7 @@ def make_parser() -> ArgParser:
     study.add_parser(sub)
     dashboard.add_parser(sub)
     scale.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

@@ -18,6 +18,7 @@ SETTINGS = {
     "objectives": str, "epochs": int, "fraction": float,
     "res": int, "recipe": str, "name": str, "sampler": str, "scheduler": str, "storage": str, "address": str,
     "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "max_memory": str, "seed": int, "batch_size": int,
+    "backend": str,
 }
 
 
@@ -39,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "objectives": "objectives, e.g. val_acc:max,macs:min (the default)", "epochs": "epochs per trial (default 8)",
         "fraction": "fraction of the training split (default 1)", "res": "input resolution (default: the space's)",
         "recipe": "training recipe (default: default)", "name": "study name (default SPACE-DATASET-TIME)",
-        "sampler": "tpe (default), nsga2 or random", "scheduler": "asha (default; on the objectives' Pareto rank) or fifo",
+        "sampler": "tpe (default), nsga2, random, evolution, local or gp; SAMPLER+PROXY warm-starts it from the "
+                   "points a zero-cost proxy ranks best (e.g. evolution+naswot)",
+        "scheduler": "asha (default; on the objectives' Pareto rank) or fifo",
         "storage": "Optuna storage URL (default: sqlite in the study folder)",
         "address": "Ray cluster address (default: Ray on this machine)", "cpus_per_trial": "CPUs per trial (default 1)",
         "gpus_per_trial": "GPUs per trial, fractions allowed (default 0)",
@@ -48,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       "available memory / --concurrency); a sampled point predicted to need more is rejected untrained",
         "seed": "seed of the sampler and of every trial (default 0)",
         "batch_size": "batch size (default 64)",
+        "backend": "ray (default: train every trial) or replay:BENCH (read each trial from a benchmark table, a shipped "
+                   "name such as replay:hybrid or a .parquet path, in simulated time; the table's dataset, fraction, "
+                   "epochs, recipe and batch size are the defaults)",
     }
     for field, kind in SETTINGS.items():
         create.add_argument("--" + field.replace("_", "-"), dest=field, type={int: whole, float: number}.get(kind, kind),
@@ -58,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     resume = ssub.add_parser("resume", help="continue a study to its trial budget")
     resume.add_argument("name")
+    resume.add_argument("--trials", type=whole, help="a new trial budget for a search study (more extends it)")
     _common(resume)
     resume.set_defaults(run=run_resume)
 
@@ -104,6 +111,11 @@ def config_from_args(args: argparse.Namespace):
 
     settings = read_recipe_file(args.recipe_file) if args.recipe_file else {}
     settings.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None})
+    backend = str(settings.get("backend", "ray"))
+    if backend.startswith("replay:"):   # a replay trains nothing: the table's training settings are its defaults
+        from lab.study.replay import bench_of_name, replay_defaults  # lazy: start-up time
+
+        settings = {**replay_defaults(bench_of_name(backend)), **settings}
     if "name" not in settings:
         stem = Path(args.recipe_file).stem if args.recipe_file else None
         space = "scaling" if settings.get("kind") == "scaling" else Path(str(settings.get("space", "hybrid"))).stem
@@ -123,7 +135,7 @@ def run_create(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     from lab.study.runner import resume  # lazy: start-up time
 
-    folder = resume(args.name, root=args.root, verbose=0 if args.quiet else 1)
+    folder = resume(args.name, root=args.root, verbose=0 if args.quiet else 1, trials=args.trials)
     _print_summary(folder, json_out=False)
     _render_dashboard(folder, args)
     return _check_outcome(folder)

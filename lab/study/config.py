@@ -17,8 +17,11 @@ from lab.study.claims import parse_claims
 from lab.study.grid import EPOCH_POLICIES, Arm, parse_arms, split_archs
 from lab.study.space import SAMPLERS
 from lab.study.space_yaml import safe_load
+from lab.train.record import PROXIES
 
 SCHEDULERS = ("asha", "fifo")
+# what a warm start (--sampler SAMPLER+SCORE) may rank a pool by: a zero-cost proxy, or the free baseline #params
+WARM_SCORES = (*PROXIES, "params")
 KINDS = ("search", "scaling")
 DEFAULT_TRIALS = 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -42,7 +45,7 @@ class StudyConfig:
     res: int | None = None                 # None: the space's resolution
     recipe: str = "default"
     batch_size: int = 64
-    sampler: str = "tpe"
+    sampler: str = "tpe+snip"              # TPE warm-started from the points SNIP ranks best (BENCHMARKS.md, issue 20)
     scheduler: str | None = None           # None: asha for a search, fifo for a scaling grid
     storage: str | None = None             # None: sqlite in the study's folder
     address: str | None = None             # None: Ray on this machine
@@ -53,6 +56,7 @@ class StudyConfig:
     seed: int = 0
     device: str = "auto"
     claims: list | None = None             # scaling: the claims `lab study report` tests (lab.study.claims)
+    backend: str = "ray"                   # ray: train every trial; replay:BENCH: read them from a benchmark table
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -73,17 +77,33 @@ class StudyConfig:
             ("fraction", 0 < self.fraction <= 1, "in (0, 1]"),
             ("res", self.res is None or self.res >= 1, "positive"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("sampler", self.sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+            ("sampler", isinstance(self.sampler, str) and self.base_sampler in SAMPLERS
+             and self.warm_proxy in (None, *WARM_SCORES),
+             f"one of {', '.join(SAMPLERS)}, optionally +SCORE to warm-start it ({', '.join(WARM_SCORES)})"),
             ("scheduler", self.scheduler in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
             ("cpus_per_trial", self.cpus_per_trial > 0, "positive"),
             ("gpus_per_trial", self.gpus_per_trial >= 0, "non-negative"),
             ("concurrency", self.concurrency >= 1, "at least 1"),
+            ("backend", isinstance(self.backend, str) and (self.backend == "ray" or (
+                self.backend.startswith("replay:") and len(self.backend) > 7)),
+             "ray, or replay:BENCH (a shipped benchmark's name or a .parquet path)"),
         ]
         for field, ok, expected in checks:
             if not ok:
                 raise StudyError(f"study {field} = {getattr(self, field)!r}: expected {expected}")
         if self.max_memory is not None:
             parse_size(str(self.max_memory), "study max_memory")
+
+    @property
+    def base_sampler(self) -> str:
+        """The sampler without its warm start: "evolution" of "evolution+naswot"."""
+        return self.sampler.partition("+")[0]
+
+    @property
+    def warm_proxy(self) -> str | None:
+        """The zero-cost proxy whose best-ranked points start the study ("naswot" of "evolution+naswot"), or None."""
+        _, plus, proxy = self.sampler.partition("+")
+        return proxy if plus else None
 
     def memory_limit(self) -> tuple[int | None, str | None]:
         """Bytes a trial may use to train, and where that limit comes from: max_memory; else, for trials on

@@ -29,17 +29,21 @@ from lab import __version__
 from lab.data import Dataset, load_dataset
 from lab.errors import LabError, StudyError, StudyInterrupted, TrainError, first_line
 from lab.files import NO_SPACE_TEXT, LockHeld, hold_lock, is_no_space
-from lab.grammar import Spec
+from lab.grammar import Spec, parse
 from lab.memory import check_fits
 from lab.pareto import parse_objectives
+from lab.study import replay
 from lab.study.cluster import check_address, connected
 from lab.study.config import StudyConfig, find_study, studies_root
 from lab.study.grid import ScalingGrid
 from lab.study.scheduler import ParetoASHA
-from lab.study.search import LabSearch, counted
+from lab.study.search import LabSearch, counted, now
 from lab.study.space import SearchSpace, load_space
 from lab.study.store import StudyStore
 from lab.study.teachers import teacher_checkpoint
+from lab.study.warm import warm_start
+from lab.train.proxies import columns as proxy_columns
+from lab.train.proxies import score_point
 from lab.train.recipes import recipe
 from lab.train.run import train
 
@@ -65,9 +69,11 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
     number = config["number"]
     worker = f"{socket.gethostname()}/{os.getpid()}"
 
+    proxies: dict = {}   # the zero-cost proxies ride on every report: a trial the scheduler stops keeps them
+
     def on_epoch(epoch: dict) -> None:   # the scheduler may stop the trial on any of these
         tune.report({"number": number, "kind": "epoch", "macs": config["macs"], "params": config["params"],
-                     "worker_seconds": time.perf_counter() - start, **epoch})
+                     "worker_seconds": time.perf_counter() - start, **proxies, **epoch})
 
     final = {"number": number, "kind": "final", "worker": worker}
     run = config.get("run") or {}   # a scaling cell's fraction, seed, epochs and teacher
@@ -84,6 +90,9 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
                                     **run["teacher"]["recipe"])
             teacher = teacher_checkpoint(settings["teachers"], run["teacher"], data, teacher_recipe, seed,
                                          settings["device"])
+        if settings.get("proxies", True):   # on one batch, before training (whose random numbers it leaves alone)
+            proxies.update(proxy_columns(score_point(parse(config["text"]), data, seed)))
+            final.update(proxies)
         result = train(config["text"], data, recipe=rec, seed=seed, device=settings["device"], out=None,
                        distill_from=teacher, on_epoch=on_epoch)
         final.update({k: result.record.get(k) for k in TRIAL_RESULT_KEYS}, state="complete")
@@ -130,7 +139,7 @@ def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1
         raise StudyError(f"study {config.name!r} exists in {folder}: `lab study resume {config.name}` continues it")
     prepared = _prepare(config)
     existed = folder.exists()
-    with connected(config.address, config.gpus_per_trial):
+    with _cluster(config):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -149,11 +158,17 @@ def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1
                                  f"nothing of the study was kept: free space and create it again") from None
 
 
-def resume(name: str, root: str | Path | None = None, verbose: int = 1) -> Path:
-    """Continue the study `name` to its trial budget with its frozen settings."""
+def resume(name: str, root: str | Path | None = None, verbose: int = 1, trials: int | None = None) -> Path:
+    """Continue the study `name` to its trial budget with its frozen settings; `trials` sets a new
+    budget first (a search study's: more trials extend it, fewer stop it sooner)."""
     store = StudyStore(find_study(name, root))
     with _driver(store.folder, name, "resume"):
         config = StudyConfig(**store.load_config())
+        if trials is not None and trials != config.trials:
+            if config.kind != "search":
+                raise StudyError(f"--trials: a {config.kind} study's budget is its grid ({config.trials} trials)")
+            config = StudyConfig(**dict(config.to_dict(), trials=trials))
+            store.save_config(config.to_dict())
         return _run(config, store, _prepare(config), verbose)
 
 
@@ -171,20 +186,32 @@ def _discard_unstarted(store: StudyStore, config: StudyConfig, existed: bool) ->
     if not existed:
         shutil.rmtree(store.folder, ignore_errors=True)
     else:
-        for name in ("study.yaml", "optuna.db", "trials", "epochs", "ray", DRIVER_LOCK, ".store.lock"):
+        for name in ("study.yaml", "optuna.db", JOURNAL, "trials", "epochs", "ray", DRIVER_LOCK, ".store.lock"):
             path = store.folder / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return True
 
 
+def _cluster(config: StudyConfig) -> contextlib.AbstractContextManager:
+    """Ray, joined or started, for a live study; nothing for a replayed one."""
+    return contextlib.nullcontext() if replay.bench_of(config) else connected(config.address, config.gpus_per_trial)
+
+
 def _prepare(config: StudyConfig) -> tuple[list, object, object]:
     """The objectives, the space (or a scaling study's grid) and the dataset (loaded once, in the
     driver), after every check that needs no study folder: objectives, space file or archs,
-    dataset, a feasible point, storage URL, Ray address."""
+    dataset, a feasible point, storage URL, Ray address. A replayed study takes the space and
+    the data's description from its benchmark table (which shows the space feasible)."""
     try:
         objectives = parse_objectives(config.objectives)
     except ValueError as e:
         raise StudyError(f"--objectives: {e}") from None
+    bench = replay.bench_of(config)
+    if bench is not None:
+        table_space, info = replay.prepared(config, bench)
+        if config.storage:
+            open_storage(config.storage)
+        return objectives, table_space, info
     data = load_dataset(config.dataset, seed=config.seed, fraction=config.fraction)
     space = SPACES[config.kind](config, data)
     space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans, frames=data.frames)
@@ -198,23 +225,35 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
 def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int) -> Path:
     objectives, space, data = prepared
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # "A new study created in RDB" is no news to the user
-    storage = open_storage(config.storage, store.folder / "optuna.db")
+    bench = replay.bench_of(config)
+    storage: optuna.storages.BaseStorage
+    if config.storage or bench is None:
+        storage = open_storage(config.storage, store.folder / "optuna.db")
+    else:   # a replay's trials take milliseconds: SQLite's per-write commits would be most of its time
+        storage = open_journal(store.folder / JOURNAL)
     base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
                 "recipe": config.recipe, "seed": config.seed, "lab_version": __version__}
 
+    clock = replay.SimClock() if bench is not None else now
+
     def run() -> None:
-        searcher = LabSearch(space, store, objectives, space.sampler(config.sampler, config.seed, config.trials),
+        searcher = LabSearch(space, store, objectives, space.sampler(config.base_sampler, config.seed, config.trials),
                              config.name, storage, base_row, data.num_classes, data.in_chans, config.res,
-                             fits=_memory_check(config, data))
+                             fits=None if bench is not None else _memory_check(config, data), clock=clock)
         searcher.reconcile()
+        warm_start(searcher, config, bench, data)
         assert config.trials is not None  # StudyConfig resolves it
         remaining = config.trials - counted(store.trials().to_pylist())
-        if remaining > 0:
+        if remaining > 0 and bench is not None:
+            _replay(config, searcher, bench, objectives, remaining, clock)
+        elif remaining > 0:
             with connected(config.address, config.gpus_per_trial):
                 _tune(config, searcher, data, objectives, store, remaining, verbose)
         store.compact()
 
-    _no_space_is_one_line(run, config.name, str(store.folder))
+    # a replay's rows are written once, at its end (StudyStore.buffered): its trials take milliseconds
+    with store.buffered() if bench is not None else contextlib.nullcontext():
+        _no_space_is_one_line(run, config.name, str(store.folder))
     return store.folder
 
 
@@ -256,6 +295,16 @@ class NoSpace(StudyError):
         self.where = where
 
 
+JOURNAL = "optuna.journal"   # a replayed study's default Optuna storage (an append-only journal file)
+
+
+def open_journal(path: Path) -> optuna.storages.JournalStorage:
+    """Optuna's journal storage in the file `path` (created when absent)."""
+    from optuna.storages.journal import JournalFileBackend  # lazy: start-up time
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
 # the missing module of a storage URL's database driver -> what to install and the URL that names it
 DRIVERS = {"psycopg2": ("psycopg2-binary", "postgresql+psycopg2://USER:PASSWORD@HOST/DB"),
            "psycopg": ('"psycopg[binary]"', "postgresql+psycopg://USER:PASSWORD@HOST/DB"),
@@ -283,6 +332,26 @@ def open_storage(url: str | None, default: Path | None = None) -> optuna.storage
         raise StudyError(f"{what}: cannot open it ({type(e).__name__}: {first})") from None
 
 
+def make_scheduler(config: StudyConfig, objectives: list[tuple[str, str]]) -> FIFOScheduler:
+    """The study's trial scheduler: Pareto-rank ASHA (rungs at epochs 1, 3, 9, ...) or FIFO (train every trial)."""
+    if config.scheduler == "asha":
+        return ParetoASHA(objectives, config.epochs, grace_period=1, reduction_factor=3)
+    return FIFOScheduler()
+
+
+def _replay(config: StudyConfig, searcher: LabSearch, bench, objectives, remaining: int, clock) -> None:
+    """The trials of a replayed study, from its benchmark table in simulated time (lab.study.replay)."""
+    traces = replay.traces(bench, config.epochs)
+    try:
+        replay.simulate(searcher, make_scheduler(config, objectives), remaining, config.concurrency, traces, clock)
+    except KeyboardInterrupt:
+        n = searcher.interrupt()
+        raise StudyInterrupted(f"study {config.name!r} interrupted; {n} running trial(s) settled as interrupted "
+                               f"(not counted): `lab study resume {config.name}` continues it") from None
+    if searcher.fatal is not None:
+        raise searcher.fatal
+
+
 def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, remaining: int, verbose: int) -> None:
     # failed trials report no accuracy, epochs report no test accuracy: LabSearch reads what each
     # result has, so Tune must not insist that every result carries every objective
@@ -290,8 +359,7 @@ def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, rem
     # Ctrl-C is the lab's to handle (Tune's handler would stop, save its own state and say
     # `Tuner.restore`): it reaches fit() as KeyboardInterrupt, and SIGTERM is made the same
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    scheduler = (ParetoASHA(objectives, config.epochs, grace_period=1, reduction_factor=3)
-                 if config.scheduler == "asha" else FIFOScheduler())
+    scheduler = make_scheduler(config, objectives)
     settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
                 "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
                 "cpus": config.cpus_per_trial, "teachers": str(store.folder / "teachers")}

@@ -25,11 +25,14 @@ from lab.errors import SpecError, StudyError
 from lab.grammar import Spec, scale
 from lab.study.optuna_private import live_trial
 from lab.study.space import Point, SearchSpace, describe
-from lab.study.store import StudyStore
+from lab.study.store import PROXY_COLUMNS, StudyStore
 
 MAX_REJECTS = 200          # consecutive rejected points before the space is declared infeasible
 INTERRUPTED = "interrupted: the study's driver stopped during this trial"
 DUPLICATE = "duplicate of trial"   # a rejected point that an earlier trial already trained
+# consecutive duplicates after which the searcher asks for a random point: TPE, on a discrete space, can
+# collapse onto its best point and propose nothing else (replays of 80-trial studies showed it)
+DUPLICATE_ESCAPE = 10
 # Tune reports an error without a result: the worker process died (killed, out of memory) or the
 # trial function raised before reporting (run_trial reports every error of its own as a result)
 WORKER_LOST = ("the trial's worker process died (killed, out of memory or crashed) before it reported a result; "
@@ -49,9 +52,10 @@ class LabSearch(Searcher):
     def __init__(self, space: SearchSpace, store: StudyStore, objectives: list[tuple[str, str]],
                  sampler: optuna.samplers.BaseSampler, study_name: str, storage: optuna.storages.BaseStorage,
                  base_row: dict, num_classes: int, in_chans: int, res: int | None = None,
-                 fits: Callable[[Spec], str | None] | None = None):
+                 fits: Callable[[Spec], str | None] | None = None, clock: Callable[[], datetime] = now):
         super().__init__(metric=None, mode=None)
         self.lab_space, self.store, self.objectives, self.fits = space, store, objectives, fits
+        self.now = clock   # what stamps rows: the wall clock, or a replay's simulated one
         self.base_row, self.num_classes, self.in_chans, self.res = base_row, num_classes, in_chans, res
         self.study = optuna.create_study(
             storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=study_name,
@@ -77,7 +81,7 @@ class LabSearch(Searcher):
 
     # --- sampling -------------------------------------------------------------------------
 
-    def _point(self, trial: optuna.trial.Trial | optuna.trial.FixedTrial) -> tuple[Point, str | None]:
+    def candidate(self, trial: optuna.trial.Trial | optuna.trial.FixedTrial) -> tuple[Point, str | None]:
         """Sample a point; returns (point, reason) where reason is None when it may be trained: valid,
         within the budget at the study's resolution, and predicted to fit in a trial's memory (`fits`)."""
         point, reason = self._sized_point(trial)
@@ -118,24 +122,35 @@ class LabSearch(Searcher):
         return _StopOnFatal(self)
 
     def _suggest(self, trial_id: str) -> dict | None:
+        duplicates = 0
         for _ in range(MAX_REJECTS):
             trial = self.study.ask()
-            point, reason = self._point(trial)
+            point, reason = self.candidate(trial)
             earlier = self._seen.get(self._key(point)) if reason is None else None
             if reason is None and earlier is None:
                 self._seen[self._key(point)] = trial.number
                 self._trials[trial_id] = trial
                 self._epochs[trial_id] = []
-                self._points[trial_id] = {"point": point, "started_at": now()}
-                return {"number": trial.number, "text": point.text, "hparams": point.hparams,
+                self._points[trial_id] = {"point": point, "started_at": self.now()}
+                return {"number": trial.number, "text": point.text, "hparams": point.hparams, "key": _choices(point),
                         "macs": point.macs, "params": point.params, "run": point.run}
             if earlier is not None:
                 reason = f"{DUPLICATE} {earlier}: the same point and hyperparameters"
-            row = self._row(trial.number, point, state="rejected", error=reason, started_at=now(), finished_at=now())
+                duplicates += 1
+                if duplicates % DUPLICATE_ESCAPE == 0:   # the next ask is a random point of the space
+                    self.study.enqueue_trial(self._random_values(trial.number))
+            row = self._row(trial.number, point, state="rejected", error=reason, started_at=self.now(), finished_at=self.now())
             self.store.write_trial(row)
             tell(self.study, trial, row, self.objectives, self._outcome(earlier))
         raise StudyError(f"{MAX_REJECTS} points of space {self.lab_space.name!r} in a row were invalid, over "
                          f"budget or already tried: its feasible region is empty or tiny (widen the budget or the ranges)")
+
+    def _random_values(self, seed: int) -> dict:
+        """The sampled values of a random point of the space (valid or not), drawn with `seed`."""
+        draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        trial = draws.ask()
+        self.lab_space.sample(trial, num_classes=self.num_classes, in_chans=self.in_chans)
+        return dict(trial.params)
 
     @staticmethod
     def _key(point: Point) -> tuple[str, str]:
@@ -159,7 +174,7 @@ class LabSearch(Searcher):
             info = self._points.pop(trial_id)
             self._epochs.pop(trial_id, None)
             row = self._row(trial.number, info["point"], state="failed", error=INTERRUPTED,
-                            started_at=info["started_at"], finished_at=now())
+                            started_at=info["started_at"], finished_at=self.now())
             self.store.write_trial(row)
             tell(self.study, trial, row, self.objectives)
         return len(live)
@@ -182,12 +197,12 @@ class LabSearch(Searcher):
     def _interrupted_row(self, trial: optuna.trial.FrozenTrial) -> dict:
         started = trial.datetime_start.astimezone(UTC) if trial.datetime_start is not None else None
         try:   # the same values sample the same point (the space is define-by-run)
-            point, _ = self._point(optuna.trial.FixedTrial(trial.params, trial.number))
+            point, _ = self.candidate(optuna.trial.FixedTrial(trial.params, trial.number))
         except Exception:   # a space edited since: keep what Optuna has
             return dict(self.base_row, number=trial.number, state="failed", error=INTERRUPTED, started_at=started,
-                        finished_at=now(), hparams=json.dumps({"recipe": {}, "vars": trial.params}, sort_keys=True))
-        return self._row(trial.number, point, state="failed", error=INTERRUPTED, started_at=started or now(),
-                         finished_at=now())
+                        finished_at=self.now(), hparams=json.dumps({"recipe": {}, "vars": trial.params}, sort_keys=True))
+        return self._row(trial.number, point, state="failed", error=INTERRUPTED, started_at=started or self.now(),
+                         finished_at=self.now())
 
     # --- results --------------------------------------------------------------------------
 
@@ -222,7 +237,7 @@ class LabSearch(Searcher):
         else:
             state, why = "pruned", f"stopped by the scheduler after {len(epochs)} epoch(s)"
         row = self._row(trial.number, info["point"], state=state, error=why, started_at=info["started_at"],
-                        finished_at=now(), result=result, epochs=epochs)
+                        finished_at=self.now(), result=result, epochs=epochs)
         self.store.write_epochs(trial.number, [{"number": trial.number, **e} for e in epochs])
         self.store.write_trial(row)   # the fragment first, Optuna second (see reconcile)
         tell(self.study, trial, row, self.objectives)
@@ -246,7 +261,7 @@ class LabSearch(Searcher):
             train_seconds=result.get("train_seconds", last.get("seconds")),
         )
         for key in ("val_top5", "test_top1", "test_top5", "images_per_second", "peak_memory", "device", "worker", "n_train",
-                    "worker_seconds"):
+                    "worker_seconds", *PROXY_COLUMNS):
             if result.get(key) is not None:
                 row[key] = result[key]
         for key in ("fraction", "seed", "epochs"):   # a scaling cell's own settings

@@ -34,7 +34,7 @@ import yaml
 from lab.errors import LabError
 from lab.files import atomic_write, file_lock
 from lab.study.space_yaml import safe_load
-from lab.train.record import RUN_FIELDS
+from lab.train.record import PROXIES, RUN_FIELDS
 
 STATES = ("complete", "pruned", "failed", "rejected")
 
@@ -80,7 +80,12 @@ TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("worker", pa.string(), "host/pid of the process that ran it"),
     RUN["checkpoint"],
     RUN["lab_version"],
+    *[field for name in PROXIES for field in (
+        (f"zc_{name}", pa.float64(), f"zero-cost proxy {name} of the untrained point on one batch (lab.train.proxies); "
+                                      "null when it could not be computed"),
+        (f"zc_{name}_seconds", pa.float64(), f"seconds {name} took"))],
 ]
+PROXY_COLUMNS = tuple(name for name, _, _ in TRIAL_FIELDS if name.startswith("zc_"))
 TRIAL_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in TRIAL_FIELDS])
 
 EPOCH_FIELDS: list[tuple[str, pa.DataType, str]] = [
@@ -94,7 +99,7 @@ EPOCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in EPOCH_FIEL
 
 # Schema evolution: a column added after stores were first written goes here; a table that lacks
 # it (written by an older lab) reads it as nulls. Every other missing column marks a foreign table.
-ADDED_COLUMNS = frozenset({"worker_seconds", "frames"})
+ADDED_COLUMNS = frozenset({"worker_seconds", "frames", *PROXY_COLUMNS})
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
@@ -205,6 +210,8 @@ class StudyStore:
         self.epochs_path = self.folder / "epochs.parquet"
         self.trials_dir = self.folder / "trials"
         self.epochs_dir = self.folder / "epochs"
+        # fragments held in memory by `buffered()`: folder -> trial number -> table
+        self._buffer: dict[Path, dict[int, pa.Table]] | None = None
 
     def __repr__(self) -> str:
         return f"StudyStore({str(self.folder)!r})"
@@ -290,7 +297,25 @@ class StudyStore:
         table = pa.Table.from_pylist(checked, schema=EPOCH_SCHEMA)
         self._write_fragment(self.epochs_dir, number, table)
 
+    @contextlib.contextmanager
+    def buffered(self):
+        """Within the block, fragments are kept in memory (readers of this store object see them) and
+        written once, as the compacted tables, when it ends, also by an error. For a replayed study,
+        whose hundred trials take a second, a file per write would be most of its time; a process
+        killed inside the block loses the block's rows (resume then trains those trials again)."""
+        self._buffer = {self.trials_dir: {}, self.epochs_dir: {}}
+        try:
+            yield self
+        finally:
+            try:
+                self.compact()
+            finally:
+                self._buffer = None
+
     def _write_fragment(self, folder: Path, number: int, table: pa.Table) -> None:
+        if self._buffer is not None:
+            self._buffer[folder][number] = table
+            return
         folder.mkdir(exist_ok=True)
         with self._locked(exclusive=False):
             atomic_write(folder / f"part-{number:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
@@ -298,7 +323,8 @@ class StudyStore:
     # reading
     def _fragments(self, folder: Path, schema: pa.Schema, what: str) -> tuple[list[Path], list[pa.Table]]:
         paths = sorted(folder.glob("part-*.parquet"), key=_fragment_number) if folder.is_dir() else []
-        return paths, [_read(p, schema, what) for p in paths]
+        held = [] if self._buffer is None else [t for _, t in sorted(self._buffer[folder].items())]
+        return paths, [_read(p, schema, what) for p in paths] + held
 
     def _table(self, compacted: Path, folder: Path, schema: pa.Schema, what: str,
                sort: list[str]) -> tuple[pa.Table, list[Path]]:
@@ -349,10 +375,12 @@ class StudyStore:
                 (self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"]),
                 (self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch", ["number", "epoch"]),
             ):
+                held = self._buffer[folder] if self._buffer is not None else {}
                 table, paths = self._table(compacted, folder, schema, what, sort)
-                if not paths and compacted.exists():
+                if not paths and not held and compacted.exists():
                     continue
                 atomic_write(compacted, functools.partial(pq.write_table, table))
+                held.clear()
                 for path in paths:
                     path.unlink(missing_ok=True)
 

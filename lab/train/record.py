@@ -53,6 +53,9 @@ RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("checkpoint", pa.string(), "path of the saved weights (.pt); null when none was written"),
     ("lab_version", pa.string(), "version of the lab that trained it"),
 ]
+# the zero-cost proxies a study records per trial (computed by lab.train.proxies, columns zc_NAME)
+PROXIES = ("synflow", "naswot", "grad_norm", "snip")
+
 RUN_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in RUN_FIELDS])
 LATER_FIELDS = ("init", "shots", "frames")  # added after the first tables were written: null in those
 
