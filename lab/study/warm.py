@@ -69,7 +69,8 @@ def live_pool(searcher: LabSearch, proxy: str, data, seed: int, size: int) -> li
             point, reason = searcher.candidate(trial)
             if reason is not None or point.text in pool:
                 continue
-            value = float(point.params) if proxy == "params" else score_point(point.spec, data, seed, which=(proxy,))[proxy][0]
+            value = (float(point.params or 0) if proxy == "params"   # a point that may train has its cost
+                     else score_point(point.spec, data, seed, which=(proxy,))[proxy][0])
             if value is not None:
                 pool[point.text] = (dict(trial.params), value)
     finally:
