@@ -127,8 +127,7 @@ def run_search(args: argparse.Namespace) -> int:
         from lab.dashboard.page import default_out  # lazy: start-up time
         from lab.dashboard.search import render_search  # lazy: start-up time
 
-        page = render_search(report, comparison.runs, args.html or default_out(f"bench-{Path(comparison.bench).stem}-search",
-                                                                              args.root))
+        page = render_search(report, args.html or default_out(f"bench-{Path(comparison.bench).stem}-search", args.root))
         if not args.json:
             print(f"dashboard: {page}")
     return 0

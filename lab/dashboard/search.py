@@ -1,5 +1,5 @@
 """The sampler comparison of `lab bench search` as a page: each sampler's mean anytime hypervolume
-against trained trials, with its interval as a band, and every seed's curve faintly behind it."""
+against trained trials, with its interval as a band."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from lab.dashboard.page import _write_plotly_js, check_ours
 from lab.files import atomic_write
 
 
-def search_figure(report: dict, runs: list[dict]) -> go.Figure:
-    """Mean hypervolume [interval] per sampler at each N of `report` (Comparison.to_dict()); `runs` its
-    (sampler, seed, trials, hypervolume) rows."""
+def search_figure(report: dict) -> go.Figure:
+    """Mean hypervolume [interval] per sampler at each N of `report` (Comparison.to_dict())."""
     fig = go.Figure()
     pct = round(100 * report["level"])
     for i, sampler in enumerate(report["samplers"]):
@@ -25,7 +24,8 @@ def search_figure(report: dict, runs: list[dict]) -> go.Figure:
                        key=lambda s: s["trials"])
         x = [s["trials"] for s in cells]
         fig.add_trace(go.Scatter(x=x + x[::-1], y=[s["hi"] for s in cells] + [s["lo"] for s in cells][::-1],
-                                 fill="toself", fillcolor=_rgba(colour, 0.15), line=dict(width=0), hoverinfo="skip",
+                                 mode="lines", fill="toself", fillcolor=_rgba(colour, 0.15), line=dict(width=0),
+                                 hoverinfo="skip",
                                  showlegend=False, legendgroup=sampler))
         fig.add_trace(go.Scatter(x=x, y=[s["mean"] for s in cells], mode="lines+markers", name=sampler,
                                  legendgroup=sampler, line=dict(color=colour, width=2.5),
@@ -39,13 +39,13 @@ def search_figure(report: dict, runs: list[dict]) -> go.Figure:
     return fig
 
 
-def render_search(report: dict, runs: list[dict], out: str | Path) -> Path:
+def render_search(report: dict, out: str | Path) -> Path:
     """Write the comparison page to `out` (plotly.js beside it); returns its path."""
     out = Path(out)
     check_ours(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     script = _write_plotly_js(out.parent)
-    body = search_figure(report, runs).to_html(full_html=False, include_plotlyjs=False)
+    body = search_figure(report).to_html(full_html=False, include_plotlyjs=False)
     title = html.escape(f"lab bench search: {report['bench']}")
     meta = {"kind": "bench-search", "name": out.stem, "states": {}}   # what marks the page as the lab's (page.lab_wrote)
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'

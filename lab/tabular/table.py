@@ -24,41 +24,33 @@ import pyarrow.parquet as pq
 from lab import resources
 from lab.errors import LabError
 from lab.files import atomic_write
-from lab.train.record import PROXIES
+from lab.train.record import PROXIES, RUN_FIELDS
 
 META_KEY = b"lab.bench"
 FORMAT = 1   # bumped when the columns change meaning
 
-# name, type, meaning (README, "Benchmark tables")
+RUN = {field[0]: field for field in RUN_FIELDS}
+# name, type, meaning (README, "Benchmark tables"); a row is a trained trial, so most columns are a run's
 BENCH_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("number", pa.int64(), "the trial number in the study that trained it"),
     ("state", pa.string(), "complete, or pruned (its curve stops at epochs_done)"),
-    ("arch_id", pa.string(), "stable id of the grammar point"),
-    ("text", pa.string(), "canonical grammar text at the trained resolution"),
+    *(RUN[name] for name in ("arch_id", "text")),
     ("hparams", pa.string(), "JSON {recipe, vars}: the sampled hyperparameters and the space's variables"),
-    ("family", pa.string(), "named family, or the block kinds it is made of"),
+    RUN["family"],
     ("kinds", pa.list_(pa.string()), "block kinds its stages use"),
     ("layout", pa.string(), "isotropic or hierarchical"),
     ("stem", pa.string(), "conv or patch"),
-    ("params", pa.int64(), "parameters"),
-    ("macs", pa.int64(), "multiply-accumulates per image"),
-    ("epochs_done", pa.int32(), "epochs trained (the curves' length)"),
-    ("val_top1", pa.float64(), "final top-1 validation accuracy"),
-    ("val_top5", pa.float64(), "final top-5 validation accuracy"),
-    ("test_top1", pa.float64(), "top-1 test accuracy of the final weights"),
-    ("test_top5", pa.float64(), "top-5 test accuracy of the final weights"),
-    ("loss", pa.float64(), "mean training loss of the last epoch"),
-    ("train_seconds", pa.float64(), "seconds in training epochs"),
+    *(RUN[name] for name in ("params", "macs", "epochs_done", "val_top1", "val_top5", "test_top1", "test_top5",
+                             "loss", "train_seconds")),
     ("worker_seconds", pa.float64(), "seconds the trial ran in its worker (build, proxies, set-up, training, evaluation)"),
-    ("images_per_second", pa.float64(), "training images per second"),
-    ("peak_memory", pa.int64(), "peak memory in bytes"),
+    *(RUN[name] for name in ("images_per_second", "peak_memory")),
     ("curve_val_top1", pa.list_(pa.float64()), "top-1 validation accuracy after each epoch"),
     ("curve_loss", pa.list_(pa.float64()), "mean training loss of each epoch"),
     ("curve_seconds", pa.list_(pa.float64()), "cumulative training seconds after each epoch"),
+    *(field for name in PROXIES for field in (
+        (f"zc_{name}", pa.float64(), f"zero-cost proxy {name} of the untrained point"),
+        (f"zc_{name}_seconds", pa.float64(), f"seconds {name} took"))),
 ]
-BENCH_FIELDS += [field for name in PROXIES for field in (
-    (f"zc_{name}", pa.float64(), f"zero-cost proxy {name} of the untrained point"),
-    (f"zc_{name}_seconds", pa.float64(), f"seconds {name} took"))]
 BENCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in BENCH_FIELDS])
 TRAINED = ("complete", "pruned")
 
