@@ -46,7 +46,7 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(["lab", "study", "create", "--backend", f"replay:{args.bench}", "--trials", str(args.trials),
                         "--name", "cli", "--root", root, "--no-dashboard", "--quiet"], check=True, capture_output=True)
-        print(f"`lab study create --backend replay:{args.bench} --trials {args.trials}` as a command (tpe, imports "
+        print(f"`lab study create --backend replay:{args.bench} --trials {args.trials}` as a command (the default sampler, imports "
               f"included): {time.perf_counter() - start:.2f} s")
 
 

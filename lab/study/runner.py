@@ -90,9 +90,8 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
                                     **run["teacher"]["recipe"])
             teacher = teacher_checkpoint(settings["teachers"], run["teacher"], data, teacher_recipe, seed,
                                          settings["device"])
-        if settings.get("proxies", True):   # on one batch, before training (whose random numbers it leaves alone)
-            proxies.update(proxy_columns(score_point(parse(config["text"]), data, seed)))
-            final.update(proxies)
+        proxies.update(_proxies(config["text"], data, seed))   # before training, whose random numbers it leaves alone
+        final.update(proxies)
         result = train(config["text"], data, recipe=rec, seed=seed, device=settings["device"], out=None,
                        distill_from=teacher, on_epoch=on_epoch)
         final.update({k: result.record.get(k) for k in TRIAL_RESULT_KEYS}, state="complete")
@@ -103,6 +102,15 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
         final.update(state="failed", error=f"{type(e).__name__}: {e}")
     final["worker_seconds"] = time.perf_counter() - start
     tune.report({k: v for k, v in final.items() if v is not None})
+
+
+def _proxies(text: str, data: Dataset, seed: int) -> dict:
+    """The trial's zero-cost proxy columns (lab.train.proxies); none when they cannot be computed: a
+    proxy is a record of the point, never a reason for its trial to fail."""
+    try:
+        return proxy_columns(score_point(parse(text), data, seed))
+    except Exception:
+        return {}
 
 
 # --- the driver -------------------------------------------------------------------------------
