@@ -46,8 +46,8 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(["lab", "study", "create", "--backend", f"replay:{args.bench}", "--trials", str(args.trials),
                         "--name", "cli", "--root", root, "--no-dashboard", "--quiet"], check=True, capture_output=True)
-        print(f"`lab study create --backend replay:{args.bench} --trials {args.trials}` as a command (the default sampler, imports "
-              f"included): {time.perf_counter() - start:.2f} s")
+        print(f"`lab study create --backend replay:{args.bench} --trials {args.trials}` as a command "
+              f"(the default sampler, imports included): {time.perf_counter() - start:.2f} s")
 
 
 if __name__ == "__main__":

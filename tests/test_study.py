@@ -217,7 +217,7 @@ def test_a_study_resolution_rescales_sampled_points_and_rechecks_the_budget(tmp_
                          optuna.samplers.RandomSampler(seed=0), "res", optuna.storages.InMemoryStorage(), {}, 10, 1, res=32)
     kept = 0
     for _ in range(40):
-        point, reason = searcher._point(searcher.study.ask())
+        point, reason = searcher.candidate(searcher.study.ask())
         if reason is None:
             kept += 1
             assert point.spec.res == 32 and lab.cost(point.spec, 10, 1).macs == point.macs <= space.max_macs
