@@ -271,8 +271,8 @@ class EvolutionSampler(_ParentSampler):
     pruned, by trial number); a tournament of `tournament` of the window's complete trials (pruned
     ones age like the others but never win); the parent is a tournament member of the best Pareto
     rank under the study's directions (ties at random); the child changes exactly one of the
-    parent's variables to another value of its distribution. Random points until the window holds
-    `startup` complete trials.
+    parent's variables to another value of its distribution. Random points until the study holds
+    `startup` complete trials (and while the window holds none).
     """
 
     def __init__(self, seed: int = 0, population: int = 13, tournament: int = 4, startup: int = 10):
@@ -288,8 +288,10 @@ class EvolutionSampler(_ParentSampler):
 
     def _choose(self, study: optuna.Study, trial: FrozenTrial, trials: list[FrozenTrial],
                 rng: np.random.Generator) -> Move:
+        # the random start ends with `startup` complete trials in the study, not in the window: under ASHA
+        # most of a window is pruned, and a window of 8 rarely held 5 complete ones (evolution stayed random)
         complete = _complete(self.window(trials))
-        if len(complete) < max(1, self.startup):
+        if len(_complete(trials)) < max(1, self.startup) or not complete:
             return Move(None)
         picks = sorted(rng.choice(len(complete), size=min(self.tournament, len(complete)), replace=False))
         members = [complete[int(i)] for i in picks]
