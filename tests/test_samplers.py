@@ -178,6 +178,23 @@ def test_evolution_window_ages_and_pruned_members_never_win():
     assert sampler.moves[15].parent == 12   # trials 0..10 aged out although they dominate trial 12
 
 
+def test_evolution_starts_once_the_study_holds_enough_complete_trials():
+    # under ASHA most trained trials are pruned: the window of 4 never holds the 3 complete trials the
+    # start asks for, but the study does after trial 8; evolution then evolves from the window's complete one
+    sampler = EvolutionSampler(seed=0, population=4, tournament=2, startup=3)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for number in range(16):
+        trial = study.ask()
+        trial.suggest_int("x", 0, 100)
+        if number % 4 == 0:
+            tell(study, trial, {"state": "complete", "val_top1": 0.5, "macs": 1000}, OBJ)
+        else:
+            tell(study, trial, {"state": "pruned"}, OBJ)
+    parents = {n: sampler.moves[n].parent for n in range(16)}
+    assert all(parents[n] is None for n in range(9))          # fewer than 3 complete trials before trial 9
+    assert all(parents[n] == 4 * ((n - 1) // 4) for n in range(9, 16)), parents   # the window's complete trial
+
+
 # --- local search ----------------------------------------------------------------------------
 
 def test_local_search_proposes_unexplored_neighbours_then_restarts():
