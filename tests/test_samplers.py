@@ -160,16 +160,21 @@ def test_evolution_parent_is_a_best_rank_member_of_its_tournament():
     assert len({sampler.moves[n].parent for n in evolved}) > 5
 
 
-def test_evolution_window_ages_and_pruned_members_never_win():
-    sampler = EvolutionSampler(seed=0, population=4, tournament=4, startup=2)
+def _tell_sixteen(sampler: EvolutionSampler, row_of) -> None:
+    """16 trials of a one-variable study asked of `sampler`, trial N told as `row_of(N)` says."""
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     for number in range(16):
         trial = study.ask()
         trial.suggest_int("x", 0, 100)
-        if number % 4 == 3:    # every fourth trained trial is pruned: it ages with the others
-            tell(study, trial, {"state": "pruned"}, OBJ)
-        else:                   # earlier trials are better in both objectives: only ageing removes them
-            tell(study, trial, {"state": "complete", "val_top1": 1.0 - number / 100, "macs": 1000 + number}, OBJ)
+        tell(study, trial, row_of(number), OBJ)
+
+
+def test_evolution_window_ages_and_pruned_members_never_win():
+    sampler = EvolutionSampler(seed=0, population=4, tournament=4, startup=2)
+    # every fourth trained trial is pruned (it ages with the others); earlier trials are better in both
+    # objectives: only ageing removes them
+    _tell_sixteen(sampler, lambda n: {"state": "pruned"} if n % 4 == 3 else
+                  {"state": "complete", "val_top1": 1.0 - n / 100, "macs": 1000 + n})
     for number in range(2, 16):
         move = sampler.moves[number]
         window = [n for n in range(max(0, number - 4), number)]   # the last 4 trained trials
@@ -182,14 +187,8 @@ def test_evolution_starts_once_the_study_holds_enough_complete_trials():
     # under ASHA most trained trials are pruned: the window of 4 never holds the 3 complete trials the
     # start asks for, but the study does after trial 8; evolution then evolves from the window's complete one
     sampler = EvolutionSampler(seed=0, population=4, tournament=2, startup=3)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    for number in range(16):
-        trial = study.ask()
-        trial.suggest_int("x", 0, 100)
-        if number % 4 == 0:
-            tell(study, trial, {"state": "complete", "val_top1": 0.5, "macs": 1000}, OBJ)
-        else:
-            tell(study, trial, {"state": "pruned"}, OBJ)
+    _tell_sixteen(sampler, lambda n: {"state": "complete", "val_top1": 0.5, "macs": 1000} if n % 4 == 0 else
+                  {"state": "pruned"})
     parents = {n: sampler.moves[n].parent for n in range(16)}
     assert all(parents[n] is None for n in range(9))          # fewer than 3 complete trials before trial 9
     assert all(parents[n] == 4 * ((n - 1) // 4) for n in range(9, 16)), parents   # the window's complete trial

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from lab.cli.args import ROOT_HELP, level, number, samples, whole
+from lab.errors import LabError
 from lab.report.jsonable import to_json
 
 BUILD_SEED = 1000   # the build's sampler seed lies outside the seeds `lab bench search` replays (0, 1, ...)
@@ -106,8 +107,6 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         at = sorted({int(x) for x in args.at.split(",") if x.strip()})
     except ValueError:
-        from lab.errors import LabError  # lazy: start-up time
-
         raise LabError(f"--at {args.at!r}: expected whole numbers, e.g. 10,20,40,80") from None
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     comparison = compare_samplers(args.bench, samplers, seeds=args.seeds, trials=max(args.trials, *at), at=at,

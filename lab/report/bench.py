@@ -8,7 +8,7 @@ import statistics
 
 from lab.report.table import render
 from lab.tabular.stats import paired_difference, rank_correlation
-from lab.tabular.table import load_bench
+from lab.tabular.table import BenchError, load_bench
 from lab.train.record import PROXIES
 
 BASELINES = ("params", "macs")   # the free scores every proxy must beat
@@ -21,8 +21,6 @@ def proxy_report(bench: str, metric: str = "val_top1", n_boot: int = 1000, level
     both) with its verdict."""
     table = load_bench(bench)
     if metric not in ("val_top1", "test_top1"):
-        from lab.tabular.table import BenchError  # lazy: start-up time
-
         raise BenchError(f"--metric {metric!r}: expected val_top1 or test_top1")
     rows = [r for r in table.rows() if r["state"] == "complete"]
     accuracy = [r[metric] for r in rows]

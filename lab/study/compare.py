@@ -20,8 +20,7 @@ from lab.errors import StudyError
 from lab.pareto import parse_objectives
 from lab.study import replay
 from lab.study.config import StudyConfig
-from lab.study.runner import make_scheduler
-from lab.study.search import LabSearch
+from lab.study.runner import make_searcher, replay_trials
 from lab.study.warm import warm_start
 from lab.tabular.stats import anytime_hypervolume, mean_interval
 from lab.tabular.table import load_bench
@@ -54,18 +53,11 @@ def replay_rows(bench: str, sampler: str, seed: int, trials: int, scheduler: str
     objectives = parse_objectives(config.objectives)
     store = MemoryStore()
     clock = replay.SimClock()
-    base_row = {"dataset": info.name, "fraction": info.fraction, "n_train": info.n_train, "epochs": config.epochs,
-                "recipe": config.recipe, "seed": seed}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = LabSearch(space, store,  # type: ignore[arg-type]  # a MemoryStore stands in for the StudyStore
-                         objectives, space.sampler(config.base_sampler, seed, trials), config.name,
-                         optuna.storages.InMemoryStorage(), base_row, info.num_classes, info.in_chans, config.res,
-                         clock=clock)
-    warm_start(searcher, config, table, None)
-    replay.simulate(searcher, make_scheduler(config, objectives), trials, concurrency, replay.traces(table, config.epochs),
-                    clock)
-    if searcher.fatal is not None:
-        raise searcher.fatal
+    searcher = make_searcher(config, space, info, store,  # type: ignore[arg-type]  # a MemoryStore stands in
+                             optuna.storages.InMemoryStorage(), objectives, table, clock)
+    warm_start(searcher, config, table, info)
+    replay_trials(config, searcher, table, objectives, trials, clock)
     return sorted(store.rows.values(), key=lambda r: r["number"])
 
 

@@ -239,21 +239,16 @@ def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int) -> Path
         storage = open_storage(config.storage, store.folder / "optuna.db")
     else:   # a replay's trials take milliseconds: SQLite's per-write commits would be most of its time
         storage = open_journal(store.folder / JOURNAL)
-    base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
-                "recipe": config.recipe, "seed": config.seed, "lab_version": __version__}
-
     clock = replay.SimClock() if bench is not None else now
 
     def run() -> None:
-        searcher = LabSearch(space, store, objectives, space.sampler(config.base_sampler, config.seed, config.trials),
-                             config.name, storage, base_row, data.num_classes, data.in_chans, config.res,
-                             fits=None if bench is not None else _memory_check(config, data), clock=clock)
+        searcher = make_searcher(config, space, data, store, storage, objectives, bench, clock)
         searcher.reconcile()
         warm_start(searcher, config, bench, data)
         assert config.trials is not None  # StudyConfig resolves it
         remaining = config.trials - counted(store.trials().to_pylist())
         if remaining > 0 and bench is not None:
-            _replay(config, searcher, bench, objectives, remaining, clock)
+            replay_trials(config, searcher, bench, objectives, remaining, clock)
         elif remaining > 0:
             with connected(config.address, config.gpus_per_trial):
                 _tune(config, searcher, data, objectives, store, remaining, verbose)
@@ -347,7 +342,19 @@ def make_scheduler(config: StudyConfig, objectives: list[tuple[str, str]]) -> FI
     return FIFOScheduler()
 
 
-def _replay(config: StudyConfig, searcher: LabSearch, bench, objectives, remaining: int, clock) -> None:
+def make_searcher(config: StudyConfig, space, data, store: StudyStore, storage: optuna.storages.BaseStorage,
+                  objectives: list[tuple[str, str]], bench, clock: Callable[[], datetime]) -> LabSearch:
+    """The study's searcher over `storage`, writing to `store`: its sampler, its rows' shared columns, and
+    (live only: a replay trains nothing) the memory check of sampled points."""
+    base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
+                "recipe": config.recipe, "seed": config.seed, "lab_version": __version__}
+    assert config.trials is not None  # StudyConfig resolves it
+    return LabSearch(space, store, objectives, space.sampler(config.base_sampler, config.seed, config.trials),
+                     config.name, storage, base_row, data.num_classes, data.in_chans, config.res,
+                     fits=None if bench is not None else _memory_check(config, data), clock=clock)
+
+
+def replay_trials(config: StudyConfig, searcher: LabSearch, bench, objectives, remaining: int, clock) -> None:
     """The trials of a replayed study, from its benchmark table in simulated time (lab.study.replay)."""
     traces = replay.traces(bench, config.epochs)
     try:
