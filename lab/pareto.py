@@ -15,8 +15,9 @@ import pyarrow as pa
 
 # columns a study can optimize, and the names a user may write for them
 OBJECTIVE_COLUMNS = ("val_top1", "val_top5", "test_top1", "test_top5", "loss", "macs", "params",
-                     "train_seconds", "images_per_second")
-ALIASES = {"val_acc": "val_top1", "test_acc": "test_top1", "acc": "val_top1"}
+                     "train_seconds", "images_per_second", "pred_top1")
+# pred_acc: the accuracy a --target-size study predicts at its target size
+ALIASES = {"val_acc": "val_top1", "test_acc": "test_top1", "acc": "val_top1", "pred_acc": "pred_top1"}
 SENSES = ("max", "min")
 
 

@@ -50,8 +50,8 @@ def rows(table: pa.Table) -> list[dict]:
 
 def test_schemas_name_the_fields_in_order():
     assert TRIAL_SCHEMA.names == [n for n, _, _ in TRIAL_FIELDS]
-    assert EPOCH_SCHEMA.names == ["number", "epoch", "loss", "val_top1", "seconds"]
-    assert len(EPOCH_FIELDS) == 5
+    assert EPOCH_SCHEMA.names == ["number", "epoch", "loss", "val_top1", "seconds", "n_train"]
+    assert len(EPOCH_FIELDS) == 6
     assert TRIAL_SCHEMA.field("kinds").type == pa.list_(pa.string())
     assert TRIAL_SCHEMA.field("started_at").type == pa.timestamp("us", tz="UTC")
     assert all(meaning for _, _, meaning in TRIAL_FIELDS)
@@ -109,7 +109,8 @@ def test_round_trip_of_trials_and_epochs(tmp_path):
     ep = store.epochs()
     assert ep.schema == EPOCH_SCHEMA
     assert [(r["number"], r["epoch"]) for r in rows(ep)] == [(0, 1), (5, 1), (5, 2), (5, 3)]
-    assert rows(ep)[-1] == {"number": 5, "epoch": 3, "loss": 2.0 / 3, "val_top1": 0.1 * 3, "seconds": 12.0}
+    assert rows(ep)[-1] == {"number": 5, "epoch": 3, "loss": 2.0 / 3, "val_top1": 0.1 * 3, "seconds": 12.0,
+                            "n_train": None}
 
 
 def test_pandas_reads_the_files(tmp_path):
@@ -124,7 +125,7 @@ def test_pandas_reads_the_files(tmp_path):
     frame = pd.read_parquet(store.trials_path)
     assert frame["number"].tolist() == [0, 1, 2]
     assert str(frame["started_at"].dt.tz) == "UTC" and list(frame["kinds"][0]) == ["mhsa"]
-    assert pd.read_parquet(store.epochs_path).shape == (9, 5)
+    assert pd.read_parquet(store.epochs_path).shape == (9, 6)
 
 
 def test_latest_write_of_a_trial_wins(tmp_path):
@@ -311,7 +312,8 @@ def test_write_epochs_rejects_bad_rows(tmp_path):
     assert store.epochs().num_rows == 0
     store.write_epochs(1, [{"number": 1, "epoch": 1, "loss": None}])   # missing values -> null
     store.write_trial(trial(1))
-    assert rows(store.epochs()) == [{"number": 1, "epoch": 1, "loss": None, "val_top1": None, "seconds": None}]
+    assert rows(store.epochs()) == [{"number": 1, "epoch": 1, "loss": None, "val_top1": None, "seconds": None,
+                                   "n_train": None}]
 
 
 def test_a_table_written_before_a_column_was_added_reads_it_as_null(tmp_path):
@@ -378,3 +380,13 @@ def test_buffered_writes_are_read_back_and_land_compacted(tmp_path):
         store.write_trial({"number": 2, "state": "failed", "error": "x"})
         raise RuntimeError
     assert [r["number"] for r in rows(StudyStore(tmp_path / "s").trials())] == [0, 1, 2]
+
+
+def test_the_readme_documents_every_column():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Study tables"):readme.index("### Benchmark tables\n")]
+    for name, _, _ in TRIAL_FIELDS + EPOCH_FIELDS:
+        if not name.startswith("zc_"):   # the proxies' columns are documented as a family
+            assert f"| `{name}` |" in section, name

@@ -46,6 +46,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     front.add_argument("--json", action="store_true")
     front.set_defaults(run=run_frontier)
 
+    ex = ssub.add_parser("extrapolate", help="check extrapolation: fit each architecture on the sizes up to a fraction "
+                                             "of the data, predict the full data, compare with what was measured")
+    ex.add_argument("studies", nargs="+", metavar="STUDY", help="scaling study name (under --root) or folder")
+    ex.add_argument("--root", help=ROOT_HELP)
+    ex.add_argument("--upto", type=float, default=0.3, help="fit on the fractions up to this one (default 0.3)")
+    ex.add_argument("--law", default="power", choices=["power", "saturating", "broken", "auto"],
+                    help="law to extrapolate with (default power; auto: the one that best predicts each curve's "
+                         "largest fitted size from its smaller ones)")
+    ex.add_argument("--level", type=_level, default=0.95, help="level of the prediction intervals (default 0.95)")
+    ex.add_argument("--seed", type=whole, default=0, help="seed of the bootstrap (default 0)")
+    ex.add_argument("--json", action="store_true")
+    ex.add_argument("--no-write", dest="write", action="store_false",
+                    help="do not write extrapolation.parquet into the (first) study's folder")
+    ex.set_defaults(run=run_extrapolate)
+
 
 def _pct(v) -> str:
     return "" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
@@ -165,4 +180,43 @@ def run_frontier(args: argparse.Namespace) -> int:
     fam = by_family(front)
     print("by family: " + "; ".join(f"{r.family} {r.points} point(s), {r.cost_min * scale:.4g}-{r.cost_max * scale:.4g}"
                                     f" {unit}" for r in fam.itertuples()))
+    return 0
+
+
+def run_extrapolate(args: argparse.Namespace) -> int:
+    from lab.report.extrapolation import TARGET_ERROR, TARGET_TAU, validate  # lazy: start-up time
+
+    v = validate(args.studies, root=args.root, upto=args.upto, law=args.law, level=args.level, seed=args.seed)
+    written = v.write() if args.write else None
+    s = v.summary
+    if args.json:
+        print(to_json({"studies": v.studies, "upto": v.upto, "law": v.law, "level": v.level,
+                       "noise": {"sd": v.noise.sd, "dof": v.noise.dof}, "summary": s,
+                       "archs": [{k: _clean(x) for k, x in r.items()} for r in v.rows],
+                       "written": str(written) if written else None}))
+        return 0
+    print(f"extrapolation check of {'+'.join(v.studies)}: the {v.law} law fitted on the sizes up to {v.upto:g} of the "
+          f"training split, val top-1 predicted at the largest size measured beyond; noise sd {v.noise.sd:.3f} (log "
+          f"error, {v.noise.dof:g} dof), {v.level:.0%} prediction intervals")
+    rows = []
+    for r in sorted(v.rows, key=lambda r: -(r.get("predicted") or -1)):
+        if r.get("predicted") is None:
+            rows.append([r["arch"], r.get("family") or "", r.get("fitted_sizes") or "", *[""] * 5, r.get("reason") or ""])
+            continue
+        rows.append([r["arch"], r["family"] or "", r["fitted_sizes"], f"{_size(r['target'])} ({r['factor']:.1f}x)",
+                     _pct(r["acc_at_largest_fitted"]), _ci(r["predicted"], r["lo"], r["hi"], _pct), _pct(r["measured"]),
+                     f"{r['abs_error_pts']:.2f}", "yes" if r["covered"] else "NO"])
+    print(render(["arch", "family", "fitted on", "predicted at", "acc at largest fitted", "predicted [interval]",
+                  "measured", "|error| pts", "covered"], rows, align="<<<>>>>><"))
+    tau, base = s["kendall"], s["baseline_kendall"]
+    met = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    print(f"{s['archs']} architectures: median |error| {s['median_abs_error_pts']:.2f} pts (target <= {TARGET_ERROR:g}: "
+          f"{met(s['median_target_met'])}), mean {s['mean_abs_error_pts']:.2f}, max {s['max_abs_error_pts']:.2f}, "
+          f"bias {s['bias_pts']:+.2f} pts")
+    print(f"Kendall tau {tau['value']:.3f} [{tau['lo']:.3f}, {tau['hi']:.3f}] (target >= {TARGET_TAU:g}: "
+          f"{met(s['kendall_target_met'])}); ranking by the accuracy at the largest fitted size instead: "
+          f"{base['value']:.3f}; Spearman rho {s['spearman']['value']:.3f}")
+    print(f"coverage of the {v.level:.0%} intervals: {s['coverage']:.0%} ({round(s['coverage'] * s['archs'])} of {s['archs']})")
+    if written:
+        print(f"wrote {written}")
     return 0

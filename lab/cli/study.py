@@ -18,7 +18,7 @@ SETTINGS = {
     "objectives": str, "epochs": int, "fraction": float,
     "res": int, "recipe": str, "name": str, "sampler": str, "scheduler": str, "storage": str, "address": str,
     "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "max_memory": str, "seed": int, "batch_size": int,
-    "backend": str,
+    "backend": str, "target_size": int, "rungs": int,
 }
 
 
@@ -54,6 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "backend": "ray (default: train every trial) or replay:BENCH (read each trial from a benchmark table, a shipped "
                    "name such as replay:hybrid or a .parquet path, in simulated time; the table's dataset, fraction, "
                    "epochs, recipe and batch size are the defaults)",
+        "target_size": "search for the points best at N training images (N may exceed the training split: an "
+                       "extrapolation): each trial trains a ladder of nested data sizes up to --fraction, successive "
+                       "halving promotes on the accuracy predicted at N, and the study ranks by that prediction",
+        "rungs": "--target-size: sizes in the ladder, --fraction/3^(rungs-1) .. --fraction (default 3)",
     }
     for field, kind in SETTINGS.items():
         create.add_argument("--" + field.replace("_", "-"), dest=field, type={int: whole, float: number}.get(kind, kind),
@@ -207,7 +211,7 @@ def summary(folder: Path) -> dict:
     return {"name": config["name"], "folder": str(folder), "kind": kind,
             "space": "scaling" if kind == "scaling" else config["space"], "grid": space,
             "dataset": config["dataset"], "budget": config["trials"], "states": states, "objectives": objectives,
-            "pareto": rows, "claims": len(config.get("claims") or [])}
+            "pareto": rows, "claims": len(config.get("claims") or []), "target_size": config.get("target_size")}
 
 
 def _print_summary(folder: Path, json_out: bool) -> int:
@@ -222,15 +226,22 @@ def _print_summary(folder: Path, json_out: bool) -> int:
         what = f"its {info['claims']} claims' verdicts" if info["claims"] else "accuracy per arm and fraction"
         print(f"`lab study report {info['name']}`: {what}; `lab scale fit {info['name']}`: the scaling-law fits")
     print(f"Pareto set ({', '.join(f'{m} {s}' for m, s in info['objectives'])}): {len(info['pareto'])} trial(s)")
-    headers = ["#", "val top-1", "test top-1", "MMACs", "params (M)", "kinds", "text"]
+    target = info.get("target_size")
+    pct = lambda v: "" if v is None or v != v else f"{100 * v:.1f}%"  # noqa: E731
+    if target:
+        print(f"ranked by the val top-1 predicted at {target:,} training images (95% interval) from each trial's "
+              f"ladder of sizes")
+    headers = ["#", *([f"predicted at {target:,}", "sizes"] if target else []), "val top-1", "test top-1", "MMACs",
+               "params (M)", "kinds", "text"]
     table = []
     for r in info["pareto"]:
-        pct = lambda v: "" if v is None or v != v else f"{100 * v:.1f}%"  # noqa: E731
-        table.append([str(r["number"]), pct(r.get("val_top1")), pct(r.get("test_top1")),
+        predicted = [f"{pct(r.get('pred_top1'))} [{pct(r.get('pred_top1_lo'))}, {pct(r.get('pred_top1_hi'))}]",
+                     ",".join(str(n) for n in (r.get("sizes") if r.get("sizes") is not None else []))] if target else []
+        table.append([str(r["number"]), *predicted, pct(r.get("val_top1")), pct(r.get("test_top1")),
                       f"{r['macs'] / 1e6:.2f}" if r.get("macs") is not None else "",
                       f"{r['params'] / 1e6:.3f}" if r.get("params") is not None else "",
                       ",".join(list(r["kinds"]) if r.get("kinds") is not None else []), (r.get("text") or "")[:70]])
-    print(render(headers, table, align="<>>>><<") if table else "(no complete trials yet)")
+    print(render(headers, table, align="<>>>>>><<" if target else "<>>>><<") if table else "(no complete trials yet)")
     return 0
 
 

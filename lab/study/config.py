@@ -13,6 +13,7 @@ import yaml
 
 from lab.errors import StudyError
 from lab.memory import available_memory, parse_size
+from lab.pareto import ALIASES
 from lab.study.claims import parse_claims
 from lab.study.grid import EPOCH_POLICIES, Arm, parse_arms, split_archs
 from lab.study.space import SAMPLERS
@@ -57,6 +58,9 @@ class StudyConfig:
     device: str = "auto"
     claims: list | None = None             # scaling: the claims `lab study report` tests (lab.study.claims)
     backend: str = "ray"                   # ray: train every trial; replay:BENCH: read them from a benchmark table
+    target_size: int | None = None         # search: rank points by the accuracy predicted at N training images,
+                                           # trained on a ladder of nested sizes (lab.study.fidelity)
+    rungs: int = 3                         # target_size: the ladder's sizes, fraction / 3^(rungs-1) .. fraction
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,12 +91,35 @@ class StudyConfig:
             ("backend", isinstance(self.backend, str) and (self.backend == "ray" or (
                 self.backend.startswith("replay:") and len(self.backend) > 7)),
              "ray, or replay:BENCH (a shipped benchmark's name or a .parquet path)"),
+            ("target_size", self.target_size is None or (isinstance(self.target_size, int)
+                                                         and not isinstance(self.target_size, bool) and self.target_size >= 1),
+             "a whole number of training images >= 1"),
+            ("rungs", isinstance(self.rungs, int) and self.rungs >= 2, "at least 2 (a law needs two sizes)"),
         ]
         for field, ok, expected in checks:
             if not ok:
                 raise StudyError(f"study {field} = {getattr(self, field)!r}: expected {expected}")
         if self.max_memory is not None:
             parse_size(str(self.max_memory), "study max_memory")
+        if self.target_size is not None:
+            self._resolve_target()
+
+    def _resolve_target(self) -> None:
+        """A --target-size study ranks on the accuracy predicted at N: its accuracy objective becomes pred_acc."""
+        if self.kind != "search":
+            raise StudyError("study target_size: a scaling study trains its grid's fractions; --target-size is for a search")
+        if self.backend != "ray":
+            raise StudyError(f"study target_size: a benchmark table holds one data size; --target-size needs --backend ray, "
+                             f"not {self.backend}")
+        pieces = []
+        for piece in str(self.objectives).split(","):
+            name, colon, sense = piece.strip().partition(":")
+            renamed = "pred_acc" if ALIASES.get(name, name) in ("val_top1", "pred_top1") else name
+            pieces.append(f"{renamed}{colon}{sense}")
+        if not any(p.startswith("pred_acc") for p in pieces):
+            raise StudyError(f"study objectives = {self.objectives!r}: --target-size ranks points by the accuracy predicted "
+                             f"at N, so the objectives need val_acc (e.g. val_acc:max,macs:min)")
+        self._set("objectives", ",".join(pieces))
 
     @property
     def base_sampler(self) -> str:

@@ -7,6 +7,7 @@ and lets Ray Tune run `lab.train.run.train` trials (locally or on a cluster) unt
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -35,8 +36,9 @@ from lab.pareto import parse_objectives
 from lab.study import replay
 from lab.study.cluster import check_address, connected
 from lab.study.config import StudyConfig, find_study, studies_root
+from lab.study.fidelity import SizeFidelity, ladder
 from lab.study.grid import ScalingGrid
-from lab.study.scheduler import ParetoASHA
+from lab.study.scheduler import ParetoASHA, SizeASHA
 from lab.study.search import LabSearch, counted, now
 from lab.study.space import SearchSpace, load_space
 from lab.study.store import StudyStore
@@ -77,6 +79,8 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
 
     final = {"number": number, "kind": "final", "worker": worker}
     run = config.get("run") or {}   # a scaling cell's fraction, seed, epochs and teacher
+    ladder = settings.get("ladder")   # a --target-size study's nested fractions, smallest first
+    sizes: dict[str, list] = {"sizes": [], "sizes_top1": [], "sizes_seconds": []}
     try:
         epochs = run.get("epochs", settings["epochs"])
         hparams = {k: v for k, v in config["hparams"].items() if k not in ("epochs", "batch_size")}
@@ -92,8 +96,18 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
                                          settings["device"])
         proxies.update(_proxies(config["text"], data, seed))   # before training, whose random numbers it leaves alone
         final.update(proxies)
-        result = train(config["text"], data, recipe=rec, seed=seed, device=settings["device"], out=None,
-                       distill_from=teacher, on_epoch=on_epoch)
+        if ladder:
+            def on_size(rung: int, record: dict) -> None:   # the scheduler may stop the trial on any of these
+                final.update(sizes, fraction=record["fraction"])
+                tune.report({"number": number, "kind": "size", "rung": rung, "macs": config["macs"],
+                             "params": config["params"], **proxies, **sizes,
+                             **{k: v for k, v in record.items() if v is not None}})
+
+            result = _climb(config["text"], data, rec, seed, settings["device"], ladder, sizes, on_epoch, on_size)
+            final.update(sizes, fraction=ladder[-1])
+        else:
+            result = train(config["text"], data, recipe=rec, seed=seed, device=settings["device"], out=None,
+                           distill_from=teacher, on_epoch=on_epoch)
         final.update({k: result.record.get(k) for k in TRIAL_RESULT_KEYS}, state="complete")
     except TrainError as e:   # diverged (the record comes along) or a bad recipe
         record = getattr(e, "record", None) or {}
@@ -102,6 +116,29 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
         final.update(state="failed", error=f"{type(e).__name__}: {e}")
     final["worker_seconds"] = time.perf_counter() - start
     tune.report({k: v for k, v in final.items() if v is not None})
+
+
+def _climb(text: str, data: Dataset, rec, seed: int, device: str, ladder: list[float], sizes: dict[str, list],
+           on_epoch: Callable[[dict], None], on_size: Callable[[int, dict], None]):
+    """A --target-size trial: `text` trained from scratch on each nested fraction of `ladder` in turn,
+    each size's n_train, val top-1 and training seconds appended to `sizes`; every size but the last
+    is reported (`on_size`, with the size's record), the last one's result is returned."""
+    result = None
+    for rung, fraction in enumerate(ladder, 1):
+        part = data.with_fraction(fraction, seed)
+        size = {"n_train": part.n_train, "fraction": fraction}
+        result = train(text, part, recipe=rec, seed=seed, device=device, out=None,
+                       on_epoch=functools.partial(_with_size, on_epoch, size))
+        record = result.record
+        for key, value in zip(sizes, (part.n_train, record.get("val_top1"), record.get("train_seconds"))):
+            sizes[key].append(value)
+        if rung < len(ladder):
+            on_size(rung, {**{k: record.get(k) for k in TRIAL_RESULT_KEYS}, **size})
+    return result
+
+
+def _with_size(on_epoch: Callable[[dict], None], size: dict, epoch: dict) -> None:
+    on_epoch({**epoch, **size})   # a ladder's epochs say which size they belong to
 
 
 def _proxies(text: str, data: Dataset, seed: int) -> dict:
@@ -220,7 +257,10 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
         if config.storage:
             open_storage(config.storage)
         return objectives, table_space, info
-    data = load_dataset(config.dataset, seed=config.seed, fraction=config.fraction)
+    # a --target-size study's trials take their ladder's fractions from the full training split
+    data = load_dataset(config.dataset, seed=config.seed, fraction=1.0 if config.target_size else config.fraction)
+    if config.target_size:
+        ladder(config.fraction, config.rungs, data.n_train)
     space = SPACES[config.kind](config, data)
     space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans, frames=data.frames)
     if config.storage:
@@ -240,9 +280,10 @@ def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int) -> Path
     else:   # a replay's trials take milliseconds: SQLite's per-write commits would be most of its time
         storage = open_journal(store.folder / JOURNAL)
     clock = replay.SimClock() if bench is not None else now
+    fidelity = make_fidelity(config, data, store)
 
     def run() -> None:
-        searcher = make_searcher(config, space, data, store, storage, objectives, bench, clock)
+        searcher = make_searcher(config, space, data, store, storage, objectives, bench, clock, fidelity)
         searcher.reconcile()
         warm_start(searcher, config, bench, data)
         assert config.trials is not None  # StudyConfig resolves it
@@ -251,7 +292,7 @@ def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int) -> Path
             replay_trials(config, searcher, bench, objectives, remaining, clock)
         elif remaining > 0:
             with connected(config.address, config.gpus_per_trial):
-                _tune(config, searcher, data, objectives, store, remaining, verbose)
+                _tune(config, searcher, data, objectives, store, remaining, verbose, fidelity)
         store.compact()
 
     # a replay's rows are written once, at its end (StudyStore.buffered): its trials take milliseconds
@@ -335,23 +376,42 @@ def open_storage(url: str | None, default: Path | None = None) -> optuna.storage
         raise StudyError(f"{what}: cannot open it ({type(e).__name__}: {first})") from None
 
 
-def make_scheduler(config: StudyConfig, objectives: list[tuple[str, str]]) -> FIFOScheduler:
-    """The study's trial scheduler: Pareto-rank ASHA (rungs at epochs 1, 3, 9, ...) or FIFO (train every trial)."""
+def make_fidelity(config: StudyConfig, data, store: StudyStore) -> SizeFidelity | None:
+    """A --target-size study's ladder and predictions (None for other studies); the trials it already
+    holds (a resumed study) pool the noise from the start."""
+    if not config.target_size:
+        return None
+    fidelity = SizeFidelity(config.target_size, ladder(config.fraction, config.rungs, data.n_train))
+    for row in store.trials().to_pylist():
+        if row.get("sizes"):
+            fidelity.observe(row["number"], row["sizes"], row["sizes_top1"])
+    return fidelity
+
+
+def make_scheduler(config: StudyConfig, objectives: list[tuple[str, str]],
+                   fidelity: SizeFidelity | None = None) -> FIFOScheduler:
+    """The study's trial scheduler: Pareto-rank ASHA (rungs at epochs 1, 3, 9, ...; over data sizes for a
+    --target-size study) or FIFO (train every trial fully)."""
+    if config.scheduler == "asha" and fidelity is not None:
+        return SizeASHA(objectives, fidelity, reduction_factor=3)
     if config.scheduler == "asha":
         return ParetoASHA(objectives, config.epochs, grace_period=1, reduction_factor=3)
     return FIFOScheduler()
 
 
 def make_searcher(config: StudyConfig, space, data, store: StudyStore, storage: optuna.storages.BaseStorage,
-                  objectives: list[tuple[str, str]], bench, clock: Callable[[], datetime]) -> LabSearch:
+                  objectives: list[tuple[str, str]], bench, clock: Callable[[], datetime],
+                  fidelity: SizeFidelity | None = None) -> LabSearch:
     """The study's searcher over `storage`, writing to `store`: its sampler, its rows' shared columns, and
     (live only: a replay trains nothing) the memory check of sampled points."""
     base_row = {"dataset": data.name, "fraction": data.fraction, "n_train": data.n_train, "epochs": config.epochs,
                 "recipe": config.recipe, "seed": config.seed, "lab_version": __version__}
+    if fidelity is not None:   # a trial's size is the largest it reached (from its results); its ladder's top by default
+        base_row.update(fraction=fidelity.fractions[-1], n_train=None, target_size=fidelity.target)
     assert config.trials is not None  # StudyConfig resolves it
     return LabSearch(space, store, objectives, space.sampler(config.base_sampler, config.seed, config.trials),
                      config.name, storage, base_row, data.num_classes, data.in_chans, config.res,
-                     fits=None if bench is not None else _memory_check(config, data), clock=clock)
+                     fits=None if bench is not None else _memory_check(config, data), clock=clock, fidelity=fidelity)
 
 
 def replay_trials(config: StudyConfig, searcher: LabSearch, bench, objectives, remaining: int, clock) -> None:
@@ -367,17 +427,19 @@ def replay_trials(config: StudyConfig, searcher: LabSearch, bench, objectives, r
         raise searcher.fatal
 
 
-def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, remaining: int, verbose: int) -> None:
+def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, remaining: int, verbose: int,
+          fidelity: SizeFidelity | None = None) -> None:
     # failed trials report no accuracy, epochs report no test accuracy: LabSearch reads what each
     # result has, so Tune must not insist that every result carries every objective
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Ctrl-C is the lab's to handle (Tune's handler would stop, save its own state and say
     # `Tuner.restore`): it reaches fit() as KeyboardInterrupt, and SIGTERM is made the same
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    scheduler = make_scheduler(config, objectives)
+    scheduler = make_scheduler(config, objectives, fidelity)
     settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
                 "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
-                "cpus": config.cpus_per_trial, "teachers": str(store.folder / "teachers")}
+                "cpus": config.cpus_per_trial, "teachers": str(store.folder / "teachers"),
+                "ladder": fidelity.fractions if fidelity is not None else None}
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, settings=settings),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     tuner = tune.Tuner(

@@ -23,6 +23,7 @@ from lab.catalog import family_of
 from lab.cost import cost
 from lab.errors import SpecError, StudyError
 from lab.grammar import Spec, scale
+from lab.study.fidelity import SizeFidelity, prediction_columns
 from lab.study.optuna_private import live_trial
 from lab.study.space import Point, SearchSpace, describe
 from lab.study.store import PROXY_COLUMNS, StudyStore
@@ -52,8 +53,10 @@ class LabSearch(Searcher):
     def __init__(self, space: SearchSpace, store: StudyStore, objectives: list[tuple[str, str]],
                  sampler: optuna.samplers.BaseSampler, study_name: str, storage: optuna.storages.BaseStorage,
                  base_row: dict, num_classes: int, in_chans: int, res: int | None = None,
-                 fits: Callable[[Spec], str | None] | None = None, clock: Callable[[], datetime] = now):
+                 fits: Callable[[Spec], str | None] | None = None, clock: Callable[[], datetime] = now,
+                 fidelity: SizeFidelity | None = None):
         super().__init__(metric=None, mode=None)
+        self.fidelity = fidelity   # a --target-size study: rows carry each trial's prediction at the target
         self.lab_space, self.store, self.objectives, self.fits = space, store, objectives, fits
         self.now = clock   # what stamps rows: the wall clock, or a replay's simulated one
         self.base_row, self.num_classes, self.in_chans, self.res = base_row, num_classes, in_chans, res
@@ -208,13 +211,13 @@ class LabSearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("kind") == "epoch" and trial_id in self._epochs:
-            self._epochs[trial_id].append({k: result.get(k) for k in ("epoch", "loss", "val_top1", "seconds")})
+            self._epochs[trial_id].append({k: result.get(k) for k in ("epoch", "loss", "val_top1", "seconds", "n_train")})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # the epoch result on which the scheduler stopped a trial reaches only this method
         if result and result.get("kind") == "epoch":
-            known = {e["epoch"] for e in self._epochs.get(trial_id, [])}
-            if result.get("epoch") not in known:
+            known = {(e.get("n_train"), e["epoch"]) for e in self._epochs.get(trial_id, [])}
+            if (result.get("n_train"), result.get("epoch")) not in known:
                 self.on_trial_result(trial_id, result)
         if self.fatal is not None:   # recording failed: this trial stays RUNNING in Optuna for resume
             return
@@ -234,6 +237,8 @@ class LabSearch(Searcher):
             state, why = result.get("state", "failed"), result.get("error")
         elif error:
             state, why = "failed", WORKER_LOST
+        elif result.get("kind") == "size":
+            state, why = "pruned", f"stopped by the scheduler after {len(result.get('sizes') or [])} data size(s)"
         else:
             state, why = "pruned", f"stopped by the scheduler after {len(epochs)} epoch(s)"
         row = self._row(trial.number, info["point"], state=state, error=why, started_at=info["started_at"],
@@ -267,11 +272,25 @@ class LabSearch(Searcher):
         for key in ("fraction", "seed", "epochs"):   # a scaling cell's own settings
             if key in point.run:
                 row[key] = point.run[key]
+        if self.fidelity is not None:
+            row.update(self._sizes(number, result))
         if point.family is not None:
             row["family"] = point.family
         elif row.get("family") is None and point.spec is not None:
             row["family"] = family_of(point.spec)
         return row
+
+
+    def _sizes(self, number: int, result: dict) -> dict:
+        """A --target-size trial's sizes, the largest as its fraction, and its prediction at the target."""
+        assert self.fidelity is not None  # asked for --target-size studies only
+        sizes, accuracies = result.get("sizes") or [], result.get("sizes_top1") or []
+        out = {"sizes": sizes, "sizes_top1": accuracies, "sizes_seconds": result.get("sizes_seconds") or [],
+               "fraction": result.get("fraction")}
+        if not sizes:
+            return {"target_size": self.fidelity.target, **{k: v for k, v in out.items() if k != "fraction"}}
+        prediction = self.fidelity.observe(number, sizes, accuracies)
+        return {**out, **prediction_columns(prediction, self.fidelity.target)}
 
 
 class _StopOnFatal(Stopper):

@@ -84,7 +84,19 @@ TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
         (f"zc_{name}", pa.float64(), f"zero-cost proxy {name} of the untrained point on one batch (lab.train.proxies); "
                                       "null when it could not be computed"),
         (f"zc_{name}_seconds", pa.float64(), f"seconds {name} took"))],
+    # a --target-size study: the trial trains a ladder of nested data sizes and is ranked by its prediction at N
+    ("sizes", pa.list_(pa.int64()), "training-set sizes (images) the trial trained on, smallest first: the rungs of "
+                                    "a --target-size study it reached (null in other studies)"),
+    ("sizes_top1", pa.list_(pa.float64()), "top-1 validation accuracy at each of `sizes`"),
+    ("sizes_seconds", pa.list_(pa.float64()), "training seconds at each of `sizes`"),
+    ("target_size", pa.int64(), "the --target-size N its accuracy is predicted at"),
+    ("pred_top1", pa.float64(), "top-1 accuracy predicted at target_size from the law fitted to `sizes` (lab.scaling.predict)"),
+    ("pred_top1_lo", pa.float64(), "lower end of its 95% prediction interval (one run trained at target_size)"),
+    ("pred_top1_hi", pa.float64(), "upper end of the interval: the optimistic bound the scheduler promotes on"),
+    ("pred_law", pa.string(), "the law the prediction comes from"),
 ]
+SIZE_COLUMNS = ("sizes", "sizes_top1", "sizes_seconds", "target_size", "pred_top1", "pred_top1_lo", "pred_top1_hi",
+                "pred_law")
 PROXY_COLUMNS = tuple(name for name, _, _ in TRIAL_FIELDS if name.startswith("zc_"))
 TRIAL_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in TRIAL_FIELDS])
 
@@ -94,12 +106,14 @@ EPOCH_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("loss", pa.float64(), "mean training loss of that epoch"),
     ("val_top1", pa.float64(), "top-1 validation accuracy at the end of that epoch"),
     ("seconds", pa.float64(), "cumulative training seconds at the end of that epoch"),
+    ("n_train", pa.int64(), "training images of the run the epoch belongs to (a --target-size trial trains several "
+                            "sizes; null: the trial's own n_train)"),
 ]
 EPOCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in EPOCH_FIELDS])
 
 # Schema evolution: a column added after stores were first written goes here; a table that lacks
 # it (written by an older lab) reads it as nulls. Every other missing column marks a foreign table.
-ADDED_COLUMNS = frozenset({"worker_seconds", "frames", *PROXY_COLUMNS})
+ADDED_COLUMNS = frozenset({"worker_seconds", "frames", *PROXY_COLUMNS, *SIZE_COLUMNS, "n_train"})
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
@@ -135,9 +149,15 @@ def _check_value(name: str, type_: pa.DataType, value: Any) -> Any:
             raise bad("a string")
         return value
     if pa.types.is_list(type_):
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise bad("a list of strings")
-        return list(value)
+        item = type_.value_type
+        what = ("a list of strings" if pa.types.is_string(item)
+                else f"a list of {'integers' if pa.types.is_integer(item) else 'numbers'}")
+        if not isinstance(value, (list, tuple)):
+            raise bad(what)
+        try:
+            return [_check_value(name, item, v) for v in value]
+        except ValueError:
+            raise bad(what) from None
     if pa.types.is_timestamp(type_):
         if not isinstance(value, dt.datetime):
             raise bad("a datetime")
@@ -291,9 +311,9 @@ class StudyStore:
                 raise ValueError(f"column 'epoch': missing in an epoch row of trial {number}")
             c["number"] = number
             checked.append(c)
-        epochs = [c["epoch"] for c in checked]
+        epochs = [(c["n_train"], c["epoch"]) for c in checked]
         if len(set(epochs)) != len(epochs):
-            raise ValueError(f"column 'epoch': repeated epochs in trial {number}: {epochs}")
+            raise ValueError(f"column 'epoch': repeated epochs in trial {number}: {[e for _, e in epochs]}")
         table = pa.Table.from_pylist(checked, schema=EPOCH_SCHEMA)
         self._write_fragment(self.epochs_dir, number, table)
 
@@ -344,7 +364,7 @@ class StudyStore:
             return self._trials()
 
     def epochs(self) -> pa.Table:
-        """Every trial's latest curve, sorted by (number, epoch), in EPOCH_SCHEMA (see `tables`)."""
+        """Every trial's latest curve, sorted by (number, n_train, epoch), in EPOCH_SCHEMA (see `tables`)."""
         return self.tables()[1]
 
     def tables(self) -> tuple[pa.Table, pa.Table]:
@@ -353,7 +373,7 @@ class StudyStore:
         see epochs of a trial the trials table does not hold)."""
         with self._locked(exclusive=False):
             trials = self._trials()
-            epochs = self._table(self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch", ["number", "epoch"])[0]
+            epochs = self._table(self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch", ["number", "n_train", "epoch"])[0]
         return trials, epochs.filter(pc.is_in(epochs.column("number"), value_set=trials.column("number")))
 
     def _trials(self) -> pa.Table:
@@ -373,7 +393,7 @@ class StudyStore:
                         tmp.unlink(missing_ok=True)
             for compacted, folder, schema, what, sort in (
                 (self.trials_path, self.trials_dir, TRIAL_SCHEMA, "trial", ["number"]),
-                (self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch", ["number", "epoch"]),
+                (self.epochs_path, self.epochs_dir, EPOCH_SCHEMA, "epoch", ["number", "n_train", "epoch"]),
             ):
                 held = self._buffer[folder] if self._buffer is not None else {}
                 table, paths = self._table(compacted, folder, schema, what, sort)
