@@ -24,6 +24,7 @@ def make_parser() -> ArgParser:
         bench,
         dashboard,
         probe,
+        recommend,
         scale,
         study,
         train,
@@ -41,6 +42,7 @@ def make_parser() -> ArgParser:
     study.add_parser(sub)
     dashboard.add_parser(sub)
     scale.add_parser(sub)
+    recommend.add_parser(sub)
     bench.add_parser(sub)
     return parser
 
