@@ -176,6 +176,9 @@ def curves_figure(data: DashboardData, gl_threshold: int = GL_THRESHOLD) -> go.F
     ep = data.epochs
     if ep.empty:
         return None
+    if "n_train" in ep and ep["n_train"].notna().any():   # a --target-size trial: the curve of its largest size
+        top = ep.groupby(["study", "number"])["n_train"].transform("max")
+        ep = ep[ep["n_train"].isna() | (ep["n_train"] == top)]
     rows = data.rows[["study", "number", "state", "key"]]
     ep = ep.merge(rows, on=["study", "number"], how="left")
     ep["key"] = ep["key"].fillna(ep["number"].astype(str))

@@ -4,9 +4,12 @@ data, a few named points, pruned, failed and rejected trials, learning curves fo
 
     python -m lab.dashboard.synthetic studies/demo --trials 300 --fractions 0.1 0.3 1
     python -m lab.dashboard.synthetic studies/scaling-demo --scaling --fractions 0.05 0.1 0.2 0.4 0.7 1 --seeds 3
+    python -m lab.dashboard.synthetic studies/target-demo --target-size 12000 --trials 60
 
 `--scaling` writes a scaling study instead: named architectures x fractions x seeds whose errors
 follow known saturating laws (SCALING_LAWS) with multiplicative noise, for `lab scale fit`.
+`--target-size N` writes a --target-size study: every trial a ladder of three nested sizes and its
+prediction at N (`write_target_study`), for the dashboard's "Predicted at N".
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import pyarrow.parquet as pq
 
 from lab.catalog import entries, resolve
 from lab.cost import cost
+from lab.scaling.predict import predict
+from lab.study.fidelity import curve_of, prediction_columns
 from lab.study.space import describe, load_space
 from lab.study.store import EPOCH_SCHEMA, TRIAL_SCHEMA, StudyStore
 
@@ -223,6 +228,61 @@ def write_scaling_study(folder: str | Path, name: str | None = None, **kw) -> St
     return store
 
 
+def target_rows(trials: int, target: int = 12000, fraction: float = 0.8, rungs: int = 3, n_full: int = 4500,
+                seed: int = 0, pool: int = 60) -> list[dict]:
+    """Trial rows (TRIAL_SCHEMA) of a --target-size study: hybrid points, each trained on the ladder
+    fraction / 3^(rungs-1) .. fraction of `n_full` images (pruned ones stop after two sizes, failed
+    ones train none), their accuracies a power law per point (error a n^-b + c, noisy), and each
+    trial's prediction at `target` as lab.scaling.predict makes it from its sizes."""
+    rng = np.random.default_rng(seed)
+    mixers = _mixers()
+    archs = [_arch(rng, mixers) for _ in range(pool)]
+    ladder = [fraction / 3 ** k for k in range(rungs - 1, -1, -1)]
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows: list[dict] = []
+    for number in range(trials):
+        arch = archs[int(rng.integers(len(archs)))]
+        state = str(rng.choice(["complete", "pruned", "failed"], p=[0.6, 0.35, 0.05]))
+        a = 3.0 * (arch["macs"] / 6e6) ** -0.3 * math.exp(rng.normal(0, 0.15))
+        b = float(rng.uniform(0.4, 0.6))
+        reached = {"complete": rungs, "pruned": min(2, rungs), "failed": 0}[state]
+        sizes = [round(n_full * f) for f in ladder[:reached]]
+        top1 = [float(np.clip(1 - (a * n ** -b + 0.01) * math.exp(rng.normal(0, 0.02)), 0.1, 0.999)) for n in sizes]
+        row = {"number": number, "state": state, "arch_id": arch["arch_id"], "text": arch["text"],
+               "family": arch["family"], "kinds": arch["kinds"], "layout": arch["layout"], "stem": arch["stem"],
+               "params": arch["params"], "macs": arch["macs"], "res": arch["res"], "dataset": "mnist5k",
+               "fraction": ladder[max(reached, 1) - 1], "n_train": sizes[-1] if sizes else None, "epochs": 4,
+               "recipe": "default", "hparams": {"vars": arch["choices"]}, "seed": 0, "target_size": target,
+               "started_at": start + dt.timedelta(minutes=number), "lab_version": "0.1.0"}
+        if state == "failed":
+            row.update(error="TrainError: the loss stopped being finite")
+        else:
+            row.update(sizes=sizes, sizes_top1=top1, sizes_seconds=[n * arch["macs"] / 1e9 for n in sizes],
+                       val_top1=top1[-1], epochs_done=4, loss=0.1, device="cpu",
+                       finished_at=start + dt.timedelta(minutes=number + 1))
+            if state == "pruned":
+                row.update(error=f"stopped by the scheduler after {reached} data size(s)")
+        rows.append(row)
+    trained = [r for r in rows if r.get("sizes")]
+    curves = [curve_of(r["number"], r["sizes"], r["sizes_top1"]) for r in trained]
+    for r, p in zip(trained, predict(curves, target, n_boot=200) if curves else []):
+        r.update(prediction_columns(p, target))
+    return rows
+
+
+def write_target_study(folder: str | Path, trials: int = 40, name: str | None = None, target: int = 12000,
+                       fraction: float = 0.8, rungs: int = 3, **kw) -> StudyStore:
+    """A --target-size study folder (see `target_rows` for the rows and `kw`)."""
+    store = StudyStore(folder)
+    store.save_config({"name": name or Path(folder).name, "kind": "search", "space": "hybrid", "dataset": "mnist5k",
+                       "trials": trials, "objectives": "pred_acc:max,macs:min", "epochs": 4, "fraction": fraction,
+                       "target_size": target, "rungs": rungs, "recipe": "default", "sampler": "tpe",
+                       "scheduler": "asha", "seed": 0})
+    for row in target_rows(trials, target=target, fraction=fraction, rungs=rungs, **kw):
+        store.write_trial(row)
+    return store
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder")
@@ -232,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scaling", action="store_true", help="a scaling study (SCALING_LAWS x fractions x seeds)")
     p.add_argument("--seeds", type=int, default=3, help="with --scaling: seeds per (architecture, fraction)")
+    p.add_argument("--target-size", type=int, default=None, help="a --target-size study predicting at N images")
     a = p.parse_args(argv)
+    if a.target_size:
+        print(write_target_study(a.folder, a.trials, target=a.target_size, seed=a.seed).folder)
+        return 0
     if a.scaling:
         fractions = a.fractions if a.fractions != [1.0] else [0.05, 0.1, 0.2, 0.4, 0.7, 1.0]
         print(write_scaling_study(a.folder, fractions=fractions, seeds=a.seeds, seed=a.seed).folder)

@@ -17,6 +17,7 @@ from functools import cached_property
 import plotly.graph_objects as go
 import yaml
 
+from lab.dashboard import calibration, target
 from lab.dashboard import figures as F
 from lab.dashboard.claims import claims_html
 from lab.dashboard.data import DashboardData
@@ -148,6 +149,10 @@ VIEWS: tuple[View, ...] = (
                 Plot("pareto_throughput", _front("images_per_second"),
                      empty="No measured throughput (images/s) in these trials: no throughput front.")),
          body=_fronts),
+    View("target", "Predicted at N", "predicted at N", help=lambda ctx: target.help_text(ctx.data),
+         plots=(Plot("target", lambda ctx: target.target_figure(ctx.data),
+                     empty="No trial has both a prediction and a MAC count: nothing to plot."),),
+         when=lambda ctx: target.has_predictions(ctx.data)),
     View("curves", "Learning curves", "curves",
          help="Validation accuracy and training loss after each epoch, one line per trial; trials stopped early by "
               "the scheduler in orange, a cross where they stopped.",
@@ -171,6 +176,9 @@ VIEWS: tuple[View, ...] = (
          plots=(Plot("scaling", lambda ctx: F.scaling_figure(ctx.data, ctx.gl_threshold),
                      empty="One training-set size only: a scaling view needs trials at several data fractions "
                            "(give several studies, e.g. <code>lab dashboard A B</code>)."),)),
+    View("calibration", "Calibration of extrapolation", "calibration", help=lambda ctx: calibration.help_text(ctx.data),
+         plots=(Plot("calibration", lambda ctx: calibration.calibration_figure(calibration.validation(ctx.data))),),
+         when=lambda ctx: calibration.validation(ctx.data) is not None),
     View("claims", "Claims", "claims",
          help="The claims the study's recipe puts to the test (<code>lab study report NAME</code> prints the same "
               "with every arm's accuracy). A comparison is supported when its interval lies above 0, contradicted "
