@@ -8,7 +8,7 @@ import pytest
 
 from lab.errors import ScalingError
 from lab.scaling.curves import Curve
-from lab.scaling.predict import PRIOR_DOF, PRIOR_SD, Noise, predict, residuals
+from lab.scaling.predict import PRIOR_DOF, PRIOR_SD, Noise, calibrate, predict, residuals
 
 SIZES = np.array([150.0, 450.0, 1350.0])
 
@@ -81,3 +81,30 @@ def test_reasons_instead_of_numbers():
         predict([one], 0)
     with pytest.raises(ScalingError, match="law 'cubic'"):
         predict([one], 10, law="cubic")
+
+
+def test_drift_is_the_excess_of_the_curves_own_extrapolation_misses():
+    # saturating curves (E = a D^-b + c) bend away from any power law: fitted without their largest
+    # size, the power law misses it by more than the noise explains
+    sizes = np.array([100.0, 300.0, 900.0])
+    rng = np.random.default_rng(4)
+    curves = [Curve.from_points(sizes, (a * sizes ** -0.6 + c) * np.exp(rng.normal(0, 0.01, 3)), name=f"s{i}")
+              for i, (a, c) in enumerate(zip(rng.uniform(2, 4, 12), rng.uniform(0.06, 0.1, 12)))]
+    noise = Noise(0.01, 1000.0)    # the run noise the curves were drawn with
+    calibrated = calibrate(curves, noise)
+    two = [Curve(c.name, c.sizes[:2], c.runs[:2]) for c in curves]
+    held = predict(two, 900.0, noise=Noise(noise.sd, noise.dof))
+    misses = [np.polyval(np.polyfit(np.log(sizes[:2]), np.log(c.means[:2]), 1), np.log(900)) - np.log(c.means[2])
+              for c in curves]    # the independent reference: the line through the two smaller sizes
+    excess = sum(m**2 for m in misses) - sum(p.log_sd**2 for p in held)
+    assert calibrated.drift == pytest.approx(math.sqrt(max(excess, 0) / (12 * math.log(3) ** 2)), rel=1e-6)
+    assert calibrated.drift > 0 and (calibrated.sd, calibrated.dof) == (noise.sd, noise.dof)
+    near, far = (predict([curves[0]], n, noise=calibrated)[0] for n in (900.0, 30_000.0))
+    plain = predict([curves[0]], 30_000.0, noise=noise)[0]
+    assert near.log_sd < far.log_sd and plain.log_sd < far.log_sd   # drift spreads far predictions only
+    assert far.error == pytest.approx(plain.error)                    # and leaves the estimate alone
+
+
+def test_no_drift_without_a_size_to_spare():
+    curves = [power_curve(2, 0.5, sizes=np.array([100.0, 300.0]), name=f"c{i}") for i in range(3)]
+    assert calibrate(curves, Noise()).drift == 0.0

@@ -128,7 +128,7 @@ def test_json_holds_ranked_unranked_and_the_budget(root, capsys):
     assert rc == 0
     doc = json.loads(out)
     assert doc["target"] == 40000 and doc["law"] == "power" and doc["budget"] == {"kind": "params", "max": 2.5e6}
-    assert set(doc["noise"]) == {"sd", "dof"} and doc["over_budget"] == 1      # the ladder's 3 M params
+    assert set(doc["noise"]) == {"sd", "dof", "drift"} and doc["over_budget"] == 1      # the ladder's 3 M params
     assert [r["arch"] for r in doc["ranked"]] == ["big", "mid"] and doc["ranked_total"] == 3
     big = doc["ranked"][0]
     assert big["predicted"] == pytest.approx(1 - power(*ARMS["big"][:2], 40000), abs=1e-6)

@@ -191,13 +191,14 @@ def run_extrapolate(args: argparse.Namespace) -> int:
     s = v.summary
     if args.json:
         print(to_json({"studies": v.studies, "upto": v.upto, "law": v.law, "level": v.level,
-                       "noise": {"sd": v.noise.sd, "dof": v.noise.dof}, "summary": s,
+                       "noise": {"sd": v.noise.sd, "dof": v.noise.dof, "drift": v.noise.drift}, "summary": s,
                        "archs": [{k: _clean(x) for k, x in r.items()} for r in v.rows],
                        "written": str(written) if written else None}))
         return 0
     print(f"extrapolation check of {'+'.join(v.studies)}: the {v.law} law fitted on the sizes up to {v.upto:g} of the "
           f"training split, val top-1 predicted at the largest size measured beyond; noise sd {v.noise.sd:.3f} (log "
-          f"error, {v.noise.dof:g} dof), {v.level:.0%} prediction intervals")
+          f"error, {v.noise.dof:g} dof), drift {v.noise.drift:.3f} per unit log size beyond the data (from the "
+          f"fitted sizes' own extrapolations), {v.level:.0%} prediction intervals")
     rows = []
     for r in sorted(v.rows, key=lambda r: -(r.get("predicted") or -1)):
         if r.get("predicted") is None:

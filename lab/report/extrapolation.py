@@ -22,7 +22,7 @@ import pyarrow as pa
 from lab.errors import ScalingError
 from lab.report.fits import write_table
 from lab.report.predictions import size_curves, size_points
-from lab.scaling.predict import Noise, predict, residuals
+from lab.scaling.predict import Noise, predict, study_noise
 from lab.study.tables import read_studies
 from lab.tabular.stats import rank_correlation
 
@@ -84,7 +84,7 @@ def validate(studies: list[str | Path], root: str | Path | None = None, upto: fl
         raise ScalingError(f"no trial of {'+'.join(read.names)} has a val_top1 at a data size")
     full = {c.key: c for c in size_curves(points)}
     fitted = size_curves(points, upto)
-    noise = Noise.pool(*residuals(fitted, "power" if law == "auto" else law))
+    noise = study_noise(fitted, law, level, seed)   # from the fitted sizes alone
     targets, keep = [], []
     rows: list[dict] = []
     for c in fitted:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lab.scaling.curves import Curve
-from lab.scaling.predict import Noise, Prediction, predict, residuals
+from lab.scaling.predict import Noise, Prediction, predict, study_noise
 from lab.study.tables import arch_labels, curve_keys
 
 POINT_COLUMNS = ("study", "key", "arch", "arch_id", "family", "text", "dataset", "macs", "params", "n_train",
@@ -77,5 +77,5 @@ def predict_points(points: pd.DataFrame, target: float, law: str = "power", upto
     pooled over these curves unless given."""
     curves = size_curves(points, upto)
     if noise is None:
-        noise = Noise.pool(*residuals(curves, "power" if law == "auto" else law))
+        noise = study_noise(curves, law, level)
     return curves, predict(curves, target, law=law, noise=noise, level=level)

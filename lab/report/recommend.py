@@ -56,7 +56,7 @@ class Recommendation:
         """What `lab recommend --json` prints (lab.report.jsonable.to_json makes it strict JSON)."""
         budget = None if self.budget is None else {"kind": self.budget[0], "max": self.budget[1]}
         return {"studies": self.studies, "target": self.data, "law": self.law, "level": self.level,
-                "budget": budget, "noise": {"sd": self.noise.sd, "dof": self.noise.dof},
+                "budget": budget, "noise": {"sd": self.noise.sd, "dof": self.noise.dof, "drift": self.noise.drift},
                 "ranked": self.ranked, "ranked_total": self.ranked_total, "unranked": self.unranked,
                 "over_budget": self.over_budget, "warn_factor": WARN_FACTOR}
 
@@ -174,7 +174,8 @@ def format_recommendation(rec: Recommendation) -> str:
     (the warnings are `rec.warnings`, for stderr)."""
     budget = _budget_text(rec.budget)
     lines = [f"recommendation for {rec.data:,} training images from {'+'.join(rec.studies)}: the {rec.law} law, noise sd "
-             f"{rec.noise.sd:.3f} (log error, {rec.noise.dof:g} dof), {rec.level:.0%} prediction intervals; "
+             f"{rec.noise.sd:.3f} (log error, {rec.noise.dof:g} dof), drift {rec.noise.drift:.3f} per unit log size "
+             f"beyond the data, {rec.level:.0%} prediction intervals; "
              f"budget: {budget}"]
     datasets = {r.get("dataset") for r in rec.ranked + rec.unranked}
     texts = any(_named_by_id(r) for r in rec.ranked + rec.unranked)

@@ -12,8 +12,16 @@ sigma^2 = (PRIOR_DOF * PRIOR_SD^2 + sum SSR) / (PRIOR_DOF + sum (n - k)), the co
 scaled inverse-chi-square prior. The interval is a parametric bootstrap: the fitted curve plus
 noise at the measured sizes (sigma / sqrt(runs) for a mean of several seeds), refitted and
 evaluated at D*, plus one run's own noise there; its percentile interval is widened by t_df / z
-(df the pooled degrees of freedom). It covers the training noise and the fit's uncertainty, not a
-law that bends beyond the sizes measured: `lab scale extrapolate` measures how often it covers.
+(df the pooled degrees of freedom).
+
+Noise covers the training noise and the fit's uncertainty, not a law that bends beyond the sizes
+measured. For that, `drift`: the log-error standard deviation, per unit of log size beyond the
+largest size measured, of the misses the law makes on the curves' own data: each curve with a
+size to spare is fitted without its largest size and predicts it; the misses beyond what the noise
+explains give drift^2 = max(0, sum(miss^2 - s^2) / sum(d^2)), d the log distance predicted over,
+s the noise's predictive sd (`calibrate`). A prediction d* beyond its largest size adds drift * d*
+of spread. It is measured on the sizes the study has (no full-data result goes into it);
+`lab scale extrapolate` measures how often the intervals cover.
 
 Which law: "power" (E = a D^-b; from 2 sizes) by default. "auto" picks, per curve, the law that
 best predicts the curve's largest size from its smaller ones (the extrapolation check, in the
@@ -45,10 +53,12 @@ LAW_CHOICES = ("power", "saturating", "broken", "auto")
 
 @dataclass(frozen=True)
 class Noise:
-    """The log-space standard deviation of one run about its curve, and its degrees of freedom."""
+    """The log-space standard deviation of one run about its curve, its degrees of freedom, and the
+    drift: the extra log-space spread per unit of log size a prediction lies beyond its data."""
 
     sd: float = PRIOR_SD
     dof: float = PRIOR_DOF
+    drift: float = 0.0
 
     @classmethod
     def pool(cls, ssr: list[float] | np.ndarray, dof: list[float] | np.ndarray, prior_sd: float = PRIOR_SD,
@@ -74,6 +84,7 @@ class Prediction:
     sizes: tuple[float, ...] = ()
     level: float = 0.95
     noise: Noise = field(default_factory=Noise)
+    log_sd: float = math.nan          # the spread of the prediction's bootstrap samples, in log error
     reason: str | None = None
 
     @property
@@ -118,6 +129,34 @@ def residuals(curves: list[Curve], law: str = "power") -> tuple[np.ndarray, np.n
     return ssr, dof
 
 
+def study_noise(curves: list[Curve], law: str = "power", level: float = 0.95, seed: int = 0) -> Noise:
+    """The noise pooled over `curves` (`law`'s residuals; power for "auto") with its drift calibrated on them."""
+    fit_law = "power" if law == "auto" else law
+    return calibrate(curves, Noise.pool(*residuals(curves, fit_law)), fit_law, level, seed)
+
+
+def calibrate(curves: list[Curve], noise: Noise, law: str = "power", level: float = 0.95, seed: int = 0) -> Noise:
+    """`noise` with its drift estimated from the curves' own extrapolations (see the module docstring):
+    each curve with more sizes than `law` needs predicts its largest size from the others. No such
+    curve: drift 0."""
+    need = get_law(law).min_sizes + 1
+    held = [c for c in curves if usable(c) is None and len(c.sizes) >= need]
+    if not held:
+        return Noise(noise.sd, noise.dof)
+    smaller = [Curve(c.name, c.sizes[:-1], c.runs[:-1], key=c.key) for c in held]
+    quiet = Noise(noise.sd, noise.dof)
+    predictions = predict(smaller, [float(c.sizes[-1]) for c in held], law=law, noise=quiet, level=level, seed=seed)
+    excess, spread = 0.0, 0.0
+    for c, p in zip(held, predictions):
+        if not p.ok or not math.isfinite(p.log_sd):
+            continue
+        miss = math.log(p.error) - math.log(max(float(c.means[-1]), ERROR_FLOOR))
+        excess += miss**2 - p.log_sd**2
+        spread += math.log(c.sizes[-1] / c.sizes[-2]) ** 2
+    drift = math.sqrt(max(0.0, excess) / spread) if spread > 0 else 0.0
+    return Noise(noise.sd, noise.dof, drift)
+
+
 def predict(curves: list[Curve], size: float | list[float], law: str = "power", noise: Noise | None = None,
             level: float = 0.95, n_boot: int = N_BOOT, seed: int = 0) -> list[Prediction]:
     """Every curve's prediction at `size` (one target, or one per curve). `noise`: the study's pooled
@@ -131,7 +170,7 @@ def predict(curves: list[Curve], size: float | list[float], law: str = "power", 
     if len(targets) != len(curves) or any(not t > 0 for t in targets):
         raise ScalingError(f"target sizes {size!r}: expected one positive size, or one per curve")
     if noise is None:
-        noise = Noise.pool(*residuals(curves))
+        noise = study_noise(curves, law, level, seed)
     laws = [_choose(c, law) for c in curves]
     out = [Prediction(c.name, t, sizes=tuple(float(s) for s in c.sizes), level=level, noise=noise, law=lw)
            for c, t, lw in zip(curves, targets, laws)]
@@ -198,22 +237,27 @@ def _predict_group(law, curves: list[Curve], out: list[Prediction], noise: Noise
     point = law.log_error(params, target)[:, 0]                       # (N,)
     # each curve its own stream: its interval does not depend on the other curves of the batch
     rngs = [np.random.default_rng([seed, zlib.crc32(c.name.encode()), len(c.sizes)]) for c in curves]
-    eps = np.stack([g.standard_normal((n_boot, x.shape[1] + 1)) for g in rngs])   # (N, B, P + 1)
+    eps = np.stack([g.standard_normal((n_boot, x.shape[1] + 2)) for g in rngs])   # (N, B, P + 2)
     fitted = law.log_error(params, x)                                  # (N, P)
     scale = noise.sd / np.sqrt(np.maximum(counts, 1))
-    ys = fitted[:, None, :] + scale[:, None, :] * eps[..., :-1]
+    ys = fitted[:, None, :] + scale[:, None, :] * eps[..., :-2]
     ms = np.broadcast_to(mask[:, None, :], ys.shape)
     bp, _ = fit_batch(law, np.broadcast_to(x[:, None, :], ys.shape), np.where(ms, ys, 0.0), ms)   # (N, B, k)
     samples = law.log_error(bp, np.broadcast_to(target[:, None, :], (*bp.shape[:2], 1)))[..., 0]
-    samples = samples + noise.sd * eps[..., -1]                        # one run's own noise at the target
+    samples = samples + noise.sd * eps[..., -2]                        # one run's own noise at the target
+    beyond = np.maximum(target[:, 0] - np.where(mask, x, -np.inf).max(1), 0.0)   # log distance past the data
+    samples = samples + noise.drift * beyond[:, None] * eps[..., -1]   # the law's drift that far out
     lo, hi = boot.interval(point, samples, level, boot.widen(noise.dof, level), axis=1)
+    with np.errstate(invalid="ignore"):
+        spread = np.nanstd(samples, axis=1)
     for i, p in enumerate(out):
         if not np.isfinite(point[i]):
             p.reason = f"{p.name}: the {law.name} fit failed"
             continue
         p.error = float(min(math.exp(point[i]), 1.0))
         p.lo, p.hi = float(min(math.exp(lo[i]), 1.0)), float(min(math.exp(hi[i]), 1.0))
+        p.log_sd = float(spread[i])
 
 
-__all__ = ["ERROR_FLOOR", "LAW_CHOICES", "N_BOOT", "PRIOR_DOF", "PRIOR_SD", "Noise", "Prediction", "predict",
-           "residuals", "usable"]
+__all__ = ["ERROR_FLOOR", "LAW_CHOICES", "N_BOOT", "PRIOR_DOF", "PRIOR_SD", "Noise", "Prediction", "calibrate",
+           "predict", "residuals", "study_noise", "usable"]

@@ -19,7 +19,7 @@ import math
 
 from lab.errors import StudyError
 from lab.scaling.curves import Curve
-from lab.scaling.predict import Noise, Prediction, predict, residuals
+from lab.scaling.predict import Noise, Prediction, predict, study_noise
 
 ETA = 3            # each size is ETA times the one before it (the halving's reduction factor)
 GRACE = 2          # sizes every trial trains before the first decision: a law needs two
@@ -62,9 +62,10 @@ class SizeFidelity:
         return predict([curve], self.target, law=self.law, noise=self.noise(), level=self.level)[0]
 
     def noise(self) -> Noise:
-        """The log-error noise pooled over the trials seen (with the prior of lab.scaling.predict)."""
+        """The log-error noise pooled over the trials seen (with the prior of lab.scaling.predict), and the
+        law's drift measured on those that have a size to spare."""
         if self._noise is None:
-            self._noise = Noise.pool(*residuals(list(self.curves.values()), self.law))
+            self._noise = study_noise(list(self.curves.values()), self.law, self.level)
         return self._noise
 
     def fraction_at(self, rung: int) -> float:
