@@ -217,6 +217,9 @@ def run_extrapolate(args: argparse.Namespace) -> int:
     print(f"Kendall tau {tau['value']:.3f} [{tau['lo']:.3f}, {tau['hi']:.3f}] (target >= {TARGET_TAU:g}: "
           f"{met(s['kendall_target_met'])}); ranking by the accuracy at the largest fitted size instead: "
           f"{base['value']:.3f}; Spearman rho {s['spearman']['value']:.3f}")
+    if s["val_images"]:
+        print(f"the measurements' own noise ({s['val_images']} validation images) caps the Kendall tau any predictor can "
+              f"reach against them at about {s['tau_ceiling']:.2f} (two binomial re-measurements of the same accuracies)")
     print(f"coverage of the {v.level:.0%} intervals: {s['coverage']:.0%} ({round(s['coverage'] * s['archs'])} of {s['archs']})")
     if written:
         print(f"wrote {written}")

@@ -7,6 +7,11 @@ points and whether the interval covers the measurement. Over the architectures: 
 mean absolute error, the rank correlation (Kendall's tau, Spearman's rho) of predicted and
 measured accuracy, the coverage of the intervals, and, as the baseline an extrapolation has to
 beat, the rank correlation of the accuracy at the largest fitted size with the measured one.
+
+The measured accuracies are themselves noisy: a validation split of n images measures an accuracy
+p to about sqrt(p(1-p)/n). `tau_ceiling` is the mean Kendall tau between two independent binomial
+re-measurements of the measured accuracies on a split of that size: what even a perfect predictor
+would reach against one measurement (seed-to-seed training noise would lower it further).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.stats
 
-from lab.errors import ScalingError
+from lab.data import load_dataset
+from lab.errors import LabError, ScalingError
 from lab.report.fits import write_table
 from lab.report.predictions import size_curves, size_points
 from lab.scaling.predict import Noise, predict, study_noise
@@ -115,11 +122,33 @@ def validate(studies: list[str | Path], root: str | Path | None = None, upto: fl
         raise ScalingError(f"no architecture of {'+'.join(read.names)} has at least two sizes up to {upto:g} and a "
                            f"larger one to check against")
     out = Validation(read.names, read.folders, upto, law, level, noise, rows)
-    out.summary = summarize(rows, n_boot=n_boot, seed=seed)
+    out.summary = summarize(rows, n_boot=n_boot, seed=seed, val_images=_val_images(points))
     return out
 
 
-def summarize(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+def _val_images(points: pd.DataFrame) -> int | None:
+    """The validation split's size, when the rows share one dataset this machine can load (else None)."""
+    datasets = points["dataset"].dropna().unique()
+    if len(datasets) != 1:
+        return None
+    try:
+        return len(load_dataset(str(datasets[0]), seed=0).val)
+    except LabError:
+        return None
+
+
+def tau_ceiling(measured: list[float], val_images: int, draws: int = 1000, seed: int = 0) -> float:
+    """Mean Kendall tau between two binomial re-measurements of `measured` on `val_images` images."""
+    p = np.clip(np.asarray(measured, float), 0.0, 1.0)
+    if len(p) < 3:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    a = rng.binomial(val_images, p, size=(draws, len(p))) / val_images
+    b = rng.binomial(val_images, p, size=(draws, len(p))) / val_images
+    return float(np.nanmean([scipy.stats.kendalltau(x, y).statistic for x, y in zip(a, b)]))
+
+
+def summarize(rows: list[dict], n_boot: int = 1000, seed: int = 0, val_images: int | None = None) -> dict:
     """Errors, rank correlations (with bootstrap intervals over the architectures) and coverage."""
     done = [r for r in rows if r.get("predicted") is not None]
     errors = np.array([r["abs_error_pts"] for r in done])
@@ -135,5 +164,7 @@ def summarize(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
             "bias_pts": bias, "kendall": ranks["kendall"], "spearman": ranks["spearman"],
             "baseline_kendall": baseline["kendall"],
             "coverage": float(np.mean([r["covered"] for r in done])) if done else math.nan,
+            "val_images": val_images,
+            "tau_ceiling": tau_ceiling(measured, val_images, seed=seed) if val_images else math.nan,
             "median_target_met": bool(len(errors) and np.median(errors) <= TARGET_ERROR),
             "kendall_target_met": bool(ranks["kendall"]["value"] >= TARGET_TAU)}
