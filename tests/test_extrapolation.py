@@ -86,3 +86,14 @@ def test_what_cannot_be_checked(tmp_path, capsys):
     assert v is None
     code, _, err = run_cli(capsys, "scale", "extrapolate", "low", "--root", str(tmp_path), "--upto", "1.5")
     assert code == 2 and err.count("\n") == 1 and "--upto 1.5" in err
+
+
+def test_the_readme_documents_the_table():
+    from pathlib import Path
+
+    from lab.report.extrapolation import FIELDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Scaling"):readme.index("## Search spaces")]
+    for name, type_, meaning in FIELDS:
+        assert f"| `{name}` | {type_} | {meaning} |" in section
