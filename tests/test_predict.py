@@ -108,3 +108,14 @@ def test_drift_is_the_excess_of_the_curves_own_extrapolation_misses():
 def test_no_drift_without_a_size_to_spare():
     curves = [power_curve(2, 0.5, sizes=np.array([100.0, 300.0]), name=f"c{i}") for i in range(3)]
     assert calibrate(curves, Noise()).drift == 0.0
+
+
+def test_a_curve_still_taking_off_is_flagged():
+    # near chance at the small sizes, then falling fast (the synthetic task at 4 epochs): log-log slopes
+    # -0.13 then -0.25 between the sizes; a power law fitted there under-predicts the gain
+    taking_off = Curve.from_points([1180.0, 3200.0, 9600.0], [0.89, 0.781, 0.592], name="up")
+    settling = Curve.from_points([150.0, 400.0, 1200.0], [0.278, 0.086, 0.044], name="down")
+    straight = power_curve(2.0, 0.5)
+    p_up, p_down, p_straight = predict([taking_off, settling, straight], 32_000)
+    assert p_up.accelerating and not p_down.accelerating and not p_straight.accelerating
+    assert not predict([power_curve(2.0, 0.5, sizes=SIZES[:2])], 10_000)[0].accelerating   # two sizes: no shape

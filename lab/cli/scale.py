@@ -206,7 +206,8 @@ def run_extrapolate(args: argparse.Namespace) -> int:
             continue
         rows.append([r["arch"], r["family"] or "", r["fitted_sizes"], f"{_size(r['target'])} ({r['factor']:.1f}x)",
                      _pct(r["acc_at_largest_fitted"]), _ci(r["predicted"], r["lo"], r["hi"], _pct), _pct(r["measured"]),
-                     f"{r['abs_error_pts']:.2f}", "yes" if r["covered"] else "NO"])
+                     f"{r['abs_error_pts']:.2f}",
+                     ("yes" if r["covered"] else "NO") + (" (taking off)" if r["accelerating"] else "")])
     print(render(["arch", "family", "fitted on", "predicted at", "acc at largest fitted", "predicted [interval]",
                   "measured", "|error| pts", "covered"], rows, align="<<<>>>>><"))
     tau, base = s["kendall"], s["baseline_kendall"]
@@ -221,6 +222,9 @@ def run_extrapolate(args: argparse.Namespace) -> int:
         print(f"the measurements' own noise ({s['val_images']} validation images) caps the Kendall tau any predictor can "
               f"reach against them at about {s['tau_ceiling']:.2f} (two binomial re-measurements of the same accuracies)")
     print(f"coverage of the {v.level:.0%} intervals: {s['coverage']:.0%} ({round(s['coverage'] * s['archs'])} of {s['archs']})")
+    if s["accelerating"]:
+        print(f"{s['accelerating']} architecture(s) still taking off at the fitted sizes (their error falls faster at the "
+              f"largest ones): a power law fitted there under-predicts their gain from more data")
     if written:
         print(f"wrote {written}")
     return 0

@@ -54,6 +54,8 @@ FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("measured", pa.float64(), "mean val_top1 measured at target"),
     ("abs_error_pts", pa.float64(), "|predicted - measured| in points of accuracy"),
     ("covered", pa.bool_(), "whether [lo, hi] holds the measured accuracy"),
+    ("accelerating", pa.bool_(), "the fitted sizes' error falls faster at the largest ones (still taking off): the law "
+                                 "under-predicts"),
     ("reason", pa.string(), "why there is no prediction"),
 ]
 SCHEMA = pa.schema([pa.field(n, t) for n, t, _ in FIELDS])
@@ -117,7 +119,7 @@ def validate(studies: list[str | Path], root: str | Path | None = None, upto: fl
         lo, hi = p.accuracy_interval
         measured = rows[i]["measured"]
         rows[i].update(law=p.law, predicted=p.accuracy, lo=lo, hi=hi, abs_error_pts=100 * abs(p.accuracy - measured),
-                       covered=bool(lo <= measured <= hi))
+                       covered=bool(lo <= measured <= hi), accelerating=p.accelerating)
     if not any(r.get("predicted") is not None for r in rows):
         raise ScalingError(f"no architecture of {'+'.join(read.names)} has at least two sizes up to {upto:g} and a "
                            f"larger one to check against")
@@ -164,6 +166,7 @@ def summarize(rows: list[dict], n_boot: int = 1000, seed: int = 0, val_images: i
             "bias_pts": bias, "kendall": ranks["kendall"], "spearman": ranks["spearman"],
             "baseline_kendall": baseline["kendall"],
             "coverage": float(np.mean([r["covered"] for r in done])) if done else math.nan,
+            "accelerating": int(sum(bool(r.get("accelerating")) for r in done)),
             "val_images": val_images,
             "tau_ceiling": tau_ceiling(measured, val_images, seed=seed) if val_images else math.nan,
             "median_target_met": bool(len(errors) and np.median(errors) <= TARGET_ERROR),

@@ -139,10 +139,15 @@ def _row(curve, p, studies: str) -> dict:
            "predicted": p.accuracy if p.ok else None, "lo": lo, "hi": hi,
            "d_max": float(p.d_max) if p.sizes else None, "factor": float(p.factor) if p.sizes else None,
            "warning": None}
+    warnings = []
     if p.ok and p.factor > WARN_FACTOR:
-        row["warning"] = (f"{curve.name} is extrapolated {p.factor:.1f}x beyond its largest measured size "
-                          f"{p.d_max:,.0f}: the extrapolation check (`lab scale extrapolate`) validated factors of "
-                          f"{VALIDATED_FACTOR:g}x (BENCHMARKS.md)")
+        warnings.append(f"{curve.name} is extrapolated {p.factor:.1f}x beyond its largest measured size "
+                        f"{p.d_max:,.0f}: the extrapolation check (`lab scale extrapolate`) validated factors of "
+                        f"{VALIDATED_FACTOR:g}x (BENCHMARKS.md)")
+    if p.ok and p.accelerating:
+        warnings.append(f"{curve.name} is still taking off at its measured sizes (its error falls faster at the largest "
+                        f"ones): the {p.law} law under-predicts its accuracy at {p.size:,.0f}")
+    row["warning"] = "; ".join(warnings) or None
     return row
 
 

@@ -85,6 +85,7 @@ class Prediction:
     level: float = 0.95
     noise: Noise = field(default_factory=Noise)
     log_sd: float = math.nan          # the spread of the prediction's bootstrap samples, in log error
+    accelerating: bool = False        # the curve still takes off (see `accelerating`): the law under-predicts
     reason: str | None = None
 
     @property
@@ -172,8 +173,8 @@ def predict(curves: list[Curve], size: float | list[float], law: str = "power", 
     if noise is None:
         noise = study_noise(curves, law, level, seed)
     laws = [_choose(c, law) for c in curves]
-    out = [Prediction(c.name, t, sizes=tuple(float(s) for s in c.sizes), level=level, noise=noise, law=lw)
-           for c, t, lw in zip(curves, targets, laws)]
+    out = [Prediction(c.name, t, sizes=tuple(float(s) for s in c.sizes), level=level, noise=noise, law=lw,
+                      accelerating=accelerating(c)) for c, t, lw in zip(curves, targets, laws)]
     for i, c in enumerate(curves):
         reason = usable(c)
         if reason is None and len(c.sizes) < get_law(laws[i]).min_sizes:
@@ -197,6 +198,21 @@ def usable(curve: Curve) -> str | None:
     if not np.all(np.isfinite(errors)) or np.any(errors < 0) or np.any(errors > 1):
         return f"{curve.name}: errors must be numbers in [0, 1]"
     return None
+
+
+ACCELERATION = 1.5   # the last pair of sizes' log-log slope this many times the first pair's: still taking off
+
+
+def accelerating(curve: Curve) -> bool:
+    """Whether the curve's error falls faster between its two largest sizes than between its two
+    smallest (by ACCELERATION x in log-log slope): a curve still taking off (small runs near chance, or
+    too few steps), before the region where a power law holds. A power law fitted to it under-predicts
+    the gain from more data. False with fewer than 3 sizes."""
+    if len(curve.sizes) < 3 or usable(curve) is not None:
+        return False
+    x, y = np.log(curve.sizes), np.log(np.maximum(curve.means, ERROR_FLOOR))
+    first, last = (y[1] - y[0]) / (x[1] - x[0]), (y[-1] - y[-2]) / (x[-1] - x[-2])
+    return bool(last < 0 and last < ACCELERATION * min(first, 0.0) - 1e-12)
 
 
 def _choose(curve: Curve, law: str) -> str:
@@ -259,5 +275,5 @@ def _predict_group(law, curves: list[Curve], out: list[Prediction], noise: Noise
         p.log_sd = float(spread[i])
 
 
-__all__ = ["ERROR_FLOOR", "LAW_CHOICES", "N_BOOT", "PRIOR_DOF", "PRIOR_SD", "Noise", "Prediction", "calibrate",
-           "predict", "residuals", "study_noise", "usable"]
+__all__ = ["ACCELERATION", "ERROR_FLOOR", "LAW_CHOICES", "N_BOOT", "PRIOR_DOF", "PRIOR_SD", "Noise", "Prediction", "accelerating",
+           "calibrate", "predict", "residuals", "study_noise", "usable"]
