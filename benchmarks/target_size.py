@@ -2,6 +2,8 @@
 the full data, and how the two picks compare when both are trained on the full data.
 
     PYTHONPATH=. python benchmarks/target_size.py --root /work/bench21 --trials 20 --seeds 3
+    PYTHONPATH=. python benchmarks/target_size.py --root /work/bench21 --trials 20 --target-trials 60 \
+        --name bench-target-60     # the same compute as the full-data study, about
 
 Both studies search the same space with the same sampler, seed, epochs and trial budget:
 - target: `--target-size N --fraction F --rungs R` (N the full training split by default), each trial
@@ -24,12 +26,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from lab.data import load_dataset
 from lab.study.config import StudyConfig
 from lab.study.runner import create, resume
 from lab.study.store import StudyStore
 from lab.train.recipes import recipe
 from lab.train.run import train
-from lab.data import load_dataset
 
 
 def run_study(config: StudyConfig, root: Path) -> float:
@@ -54,10 +56,12 @@ def spent(trials: pd.DataFrame, epochs: int) -> dict:
         else:
             images.append((r["n_train"] or 0) * (r["epochs_done"] or 0))
     macs = sum(3.0 * m * i for m, i in zip(trained["macs"], images))
+    seconds = [sum(r["sizes_seconds"]) if r.get("sizes_seconds") is not None and len(r["sizes_seconds"])
+               else (r["train_seconds"] or 0.0) for r in trained.to_dict("records")]
     wall = (trials["finished_at"].max() - trials["started_at"].min()).total_seconds()
     return {"trained": len(trained), "complete": int((trials["state"] == "complete").sum()),
-            "train_tmacs": macs / 1e12, "worker_seconds": float(trained["worker_seconds"].fillna(0).sum()),
-            "wall_seconds": wall}
+            "train_tmacs": macs / 1e12, "train_seconds": float(sum(seconds)),
+            "worker_seconds": float(trained["worker_seconds"].fillna(0).sum()), "wall_seconds": wall}
 
 
 def retrain(text: str, config: StudyConfig, seeds: int) -> list[dict]:
@@ -80,12 +84,14 @@ def main() -> None:
     parser.add_argument("--rungs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--target", type=int, default=None, help="N (default: the full training split)")
+    parser.add_argument("--target-trials", type=int, default=None, help="the target study's budget (default --trials)")
+    parser.add_argument("--name", default="bench-target", help="the target study's name")
     args = parser.parse_args()
     full_split = load_dataset("mnist5k", seed=0).n_train
     target = args.target or full_split
     common = dict(space="hybrid", dataset="mnist5k", trials=args.trials, epochs=args.epochs, seed=0, concurrency=2)
-    configs = {"target": StudyConfig(name="bench-target", target_size=target, fraction=args.fraction, rungs=args.rungs,
-                                     **common),
+    configs = {"target": StudyConfig(name=args.name, target_size=target, fraction=args.fraction, rungs=args.rungs,
+                                     **dict(common, trials=args.target_trials or args.trials)),
                "full": StudyConfig(name="bench-full", **common)}
     report: dict = {"target_size": target, "full_split": full_split, "settings": {k: str(v) for k, v in common.items()}}
     for key, config in configs.items():
@@ -101,7 +107,12 @@ def main() -> None:
         if key == "target":
             report[key]["pick"]["interval"] = [float(best["pred_top1_lo"]), float(best["pred_top1_hi"])]
         print(json.dumps({key: report[key]}, indent=1), flush=True)
+    done = json.loads((args.root / "report.json").read_text()) if (args.root / "report.json").exists() else {}
     for key, config in configs.items():
+        earlier = done.get(key, {}).get("pick", {})
+        if earlier.get("text") == report[key]["pick"]["text"] and "full_data" in earlier:   # trained already
+            report[key]["pick"]["full_data"] = earlier["full_data"]
+            continue
         runs = retrain(report[key]["pick"]["text"], config, args.seeds)
         vals = [r["val_top1"] for r in runs]
         report[key]["pick"]["full_data"] = {"runs": runs, "val_mean": statistics.mean(vals),
@@ -109,15 +120,17 @@ def main() -> None:
         print(json.dumps({key: report[key]["pick"]["full_data"]}, indent=1), flush=True)
     t, f = report["target"], report["full"]
     print(f"\ntraining MACs: target {t['train_tmacs']:.3f} T vs full {f['train_tmacs']:.3f} T "
-          f"({t['train_tmacs'] / f['train_tmacs']:.2f}x); worker seconds {t['worker_seconds']:.0f} vs "
-          f"{f['worker_seconds']:.0f} ({t['worker_seconds'] / f['worker_seconds']:.2f}x); wall {t['run_seconds']:.0f} s vs "
+          f"({t['train_tmacs'] / f['train_tmacs']:.2f}x); training seconds {t['train_seconds']:.0f} vs "
+          f"{f['train_seconds']:.0f} ({t['train_seconds'] / f['train_seconds']:.2f}x); wall {t['run_seconds']:.0f} s vs "
           f"{f['run_seconds']:.0f} s ({t['run_seconds'] / f['run_seconds']:.2f}x)")
     tp, fp = t["pick"], f["pick"]
     print(f"picks on the full data ({args.seeds} seeds): target's #{tp['number']} (predicted {tp['pred_top1']:.3f} "
           f"[{tp['interval'][0]:.3f}, {tp['interval'][1]:.3f}]) {tp['full_data']['val_mean']:.4f} ± "
           f"{tp['full_data']['val_sd']:.4f}; full's #{fp['number']} {fp['full_data']['val_mean']:.4f} ± "
           f"{fp['full_data']['val_sd']:.4f}")
-    (args.root / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (args.root / f"report-{args.name}.json").write_text(json.dumps(report, indent=1, default=str))
+    if args.name == "bench-target":
+        (args.root / "report.json").write_text(json.dumps(report, indent=1, default=str))
 
 
 if __name__ == "__main__":

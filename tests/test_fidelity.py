@@ -112,7 +112,7 @@ def test_a_live_study_climbs_the_ladder_and_keeps_every_size(ladder_study, capsy
     for r in rows:
         sizes = r["sizes"]
         assert sizes == sorted(sizes) and r["n_train"] == sizes[-1] and r["target_size"] == 4000
-        assert len(r["sizes_top1"]) == len(sizes) == len(r["sizes_seconds"])
+        assert len(r["sizes_top1"]) == len(sizes) == len(r["sizes_seconds"]) and r["worker_seconds"] > 0
         assert r["val_top1"] == pytest.approx(r["sizes_top1"][-1])
         # the estimate is the power law through the sizes (noise sets only the interval)
         slope, icpt = np.polyfit(np.log(sizes), np.log([1 - a for a in r["sizes_top1"]]), 1)

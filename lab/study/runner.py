@@ -100,7 +100,7 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
             def on_size(rung: int, record: dict) -> None:   # the scheduler may stop the trial on any of these
                 final.update(sizes, fraction=record["fraction"])
                 tune.report({"number": number, "kind": "size", "rung": rung, "macs": config["macs"],
-                             "params": config["params"], **proxies, **sizes,
+                             "params": config["params"], "worker_seconds": time.perf_counter() - start, **proxies, **sizes,
                              **{k: v for k, v in record.items() if v is not None}})
 
             result = _climb(config["text"], data, rec, seed, settings["device"], ladder, sizes, on_epoch, on_size)
