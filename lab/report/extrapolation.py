@@ -83,8 +83,9 @@ class Validation:
 
 
 def validate(studies: list[str | Path], root: str | Path | None = None, upto: float = UPTO, law: str = "power",
-             level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> Validation:
-    """Fit on the sizes at fractions up to `upto`, predict the largest size beyond, compare."""
+             level: float = 0.95, n_boot: int = 1000, seed: int = 0, ceiling: bool = True) -> Validation:
+    """Fit on the sizes at fractions up to `upto`, predict the largest size beyond, compare. `ceiling`:
+    also the measurements' tau ceiling (it loads the dataset to know its validation split)."""
     if not 0 < upto < 1:
         raise ScalingError(f"--upto {upto}: expected a fraction in (0, 1)")
     read = read_studies(studies, root)
@@ -124,7 +125,7 @@ def validate(studies: list[str | Path], root: str | Path | None = None, upto: fl
         raise ScalingError(f"no architecture of {'+'.join(read.names)} has at least two sizes up to {upto:g} and a "
                            f"larger one to check against")
     out = Validation(read.names, read.folders, upto, law, level, noise, rows)
-    out.summary = summarize(rows, n_boot=n_boot, seed=seed, val_images=_val_images(points))
+    out.summary = summarize(rows, n_boot=n_boot, seed=seed, val_images=_val_images(points) if ceiling else None)
     return out
 
 

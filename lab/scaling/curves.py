@@ -212,7 +212,7 @@ def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
-def _pad(curves: list[Curve]) -> tuple[np.ndarray, ...]:
+def pad(curves: list[Curve]) -> tuple[np.ndarray, ...]:
     """log D (N, P), mean errors (N, P), mask (N, P), runs (N, P, S), counts (N, P)."""
     p = max(len(c.sizes) for c in curves)
     s = max(int(c.counts.max()) for c in curves)
@@ -242,7 +242,7 @@ def fit_curves(curves: list[Curve], laws: tuple[str, ...] | list[str] = DEFAULT_
     live = [i for i, f in enumerate(out) if f.reason is None]
     if not live:
         return out
-    x, mean, mask, runs, counts = _pad([curves[i] for i in live])
+    x, mean, mask, runs, counts = pad([curves[i] for i in live])
     y = np.log(mean)
     n_sizes = mask.sum(-1)
     schemes = [boot.scheme_of(counts[j]) if n_boot else "none" for j in range(len(live))]
@@ -338,4 +338,4 @@ def fit_curve(sizes, errors, name: str = "curve", laws: tuple[str, ...] | list[s
     return fit
 
 
-__all__ = ["DEFAULT_LAWS", "Curve", "CurveFit", "LawFit", "aicc", "check", "fit_curve", "fit_curves"]
+__all__ = ["DEFAULT_LAWS", "Curve", "CurveFit", "LawFit", "aicc", "check", "fit_curve", "fit_curves", "pad"]

@@ -39,7 +39,7 @@ import numpy as np
 
 from lab.errors import ScalingError
 from lab.scaling import bootstrap as boot
-from lab.scaling.curves import Curve
+from lab.scaling.curves import Curve, pad
 from lab.scaling.extrapolate import holdout_largest
 from lab.scaling.fit import fit_batch
 from lab.scaling.laws import LAWS, get_law
@@ -235,14 +235,9 @@ def _choose(curve: Curve, law: str) -> str:
 
 
 def _arrays(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """log D, log mean error, mask and runs per size, each (N, P), padded."""
-    p = max(len(c.sizes) for c in curves)
-    x, y = np.zeros((len(curves), p)), np.zeros((len(curves), p))
-    mask, counts = np.zeros((len(curves), p), bool), np.zeros((len(curves), p))
-    for i, c in enumerate(curves):
-        k = len(c.sizes)
-        x[i, :k], y[i, :k], mask[i, :k], counts[i, :k] = np.log(c.sizes), np.log(np.maximum(c.means, ERROR_FLOOR)), True, c.counts
-    return x, y, mask, counts
+    """log D, log mean error (floored at ERROR_FLOOR), mask and runs per size, each (N, P), padded."""
+    x, mean, mask, _, counts = pad(curves)
+    return x, np.log(np.maximum(mean, ERROR_FLOOR)), mask, counts.astype(float)
 
 
 def _predict_group(law, curves: list[Curve], out: list[Prediction], noise: Noise, level: float, n_boot: int,
