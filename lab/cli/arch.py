@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lab import catalog
 from lab.cli.args import whole
-from lab.cost import cost
-from lab.kinds import REGISTRY, traits
-from lab.report.jsonable import to_json
 from lab.report.table import render
+
+if TYPE_CHECKING:
+    from lab import catalog
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _summary(name: str, spec, entry: catalog.Entry | None, classes: int = 1000, in_chans: int = 3) -> dict:
+    from lab import catalog  # lazy: start-up time
+    from lab.cost import cost  # lazy: start-up time
+
     rep = cost(spec, classes, in_chans)
     out = {"name": name, "family": entry.family if entry else catalog.family_of(spec),
            "params": rep.params, "gmacs": round(rep.gmacs, 4), "acts": rep.acts, "res": spec.res,
@@ -72,6 +74,9 @@ def _pct(ours: float, published: float | None) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from lab import catalog  # lazy: start-up time
+    from lab.report.jsonable import to_json  # lazy: start-up time
+
     entries = [e for e in catalog.entries().values() if not args.family or e.family == args.family]
     items = [_summary(e.name, catalog.named(e.name), e, e.classes) for e in entries]
     if args.json:
@@ -87,6 +92,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from lab import catalog  # lazy: start-up time
+    from lab.cost import cost  # lazy: start-up time
+    from lab.report.jsonable import to_json  # lazy: start-up time
+
     spec = catalog.resolve(args.ref)
     name = args.ref if not args.ref.lstrip().startswith("@") else spec.arch_id
     base = None if args.ref.lstrip().startswith("@") else args.ref.split("@")[0].strip()
@@ -128,6 +137,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     from lab.bench import compare  # lazy: start-up time
+    from lab.report.jsonable import to_json  # lazy: start-up time
 
     result = compare(args.ref, res=args.res, batch=args.batch, device=args.device, steps=args.steps,
                      rounds=args.rounds, vs_timm=args.vs == "timm", channels_last=args.channels_last)
@@ -149,6 +159,8 @@ LAYOUTS = {"nchw": "maps", "nlc": "tokens", "any": "maps or tokens"}
 
 def _traits(cls: type) -> str:
     """What the lab asks of a kind, in words: the layout it takes, the mixer it is, what it needs."""
+    from lab.kinds import traits  # lazy: start-up time
+
     t = traits(cls)
     words = [f"on {LAYOUTS.get(t['layout'], t['layout'])}"]
     if t["role"] == "block":
@@ -159,6 +171,8 @@ def _traits(cls: type) -> str:
 
 
 def run_kinds(args: argparse.Namespace) -> int:
+    from lab.kinds import REGISTRY  # lazy: start-up time
+
     for role in ("op", "block"):
         print(f"{role}s:")
         for name, cls in sorted(REGISTRY.items()):

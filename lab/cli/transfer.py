@@ -21,7 +21,7 @@ def _shots(text: str) -> list[int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from lab.train.transfer import HYPERRULE_STEPS  # lazy: start-up time
+    from lab.train.recipes import HYPERRULE_STEPS  # lazy: start-up time
 
     p = sub.add_parser("transfer", help="transfer a checkpoint to a downstream dataset: few-shot probes and "
                                         "bit-finetune runs, each beside a random-init baseline")

@@ -10,10 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 
 def jsonable(value: Any) -> Any:
@@ -22,18 +21,25 @@ def jsonable(value: Any) -> Any:
         return value
     if type(value).__name__ in ("NAType", "NaTType"):   # pandas' missing values (not imported here)
         return None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, np.bool_):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset, np.ndarray)):
+    # a NumPy value exists only once NumPy is imported: not importing it here keeps `lab --help` light
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if isinstance(value, np.bool_):
+            return bool(value)
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, np.floating):
+            value = float(value)
         if isinstance(value, np.ndarray):
             value = value.tolist()
-        elif isinstance(value, (set, frozenset)):
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        if isinstance(value, (set, frozenset)):
             value = sorted(value)
         return [jsonable(v) for v in value]
     if isinstance(value, (dt.datetime, dt.date)):

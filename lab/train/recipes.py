@@ -97,6 +97,11 @@ PRESETS: dict[str, Recipe] = {
 }
 
 
+# BiT-HyperRule's schedule length (optimizer steps) for downstream sets under 20k images: the default of
+# lab.train.transfer's fine-tunes, kept here (no torch import) for `lab transfer --help`
+HYPERRULE_STEPS = 500
+
+
 def recipe(name: str = "default", **overrides) -> Recipe:
     """The preset `name` with `overrides` applied (None values are ignored)."""
     if name not in PRESETS:
