@@ -12,6 +12,8 @@ pays, loads neither torch nor the grammar, so that `lab --help` starts in a frac
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -56,3 +58,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+class _Package(types.ModuleType):
+    """The package `lab`, whose functions `lab.build` and `lab.cost` share their names with submodules:
+    importing a submodule binds it on its package (importlib's setattr), which would shadow the function
+    that an eager `from lab.cost import cost` here used to put back. The function keeps the name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return   # the submodule stays reachable as sys.modules["lab.NAME"]
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -47,3 +47,10 @@ def test_all_names_every_lazy_export():
 
     assert set(lab.__all__) == {*lab._EXPORTS, "__version__"}
     assert all(getattr(lab, name) is not None for name in lab.__all__)
+
+
+def test_a_submodule_import_does_not_shadow_the_function_of_its_name():
+    code = ("import lab, lab.cost, lab.build, sys\n"
+            "assert callable(lab.cost) and callable(lab.build) and lab.cost is sys.modules['lab.cost'].cost\n"
+            "assert lab.build is sys.modules['lab.build'].build")
+    assert "torch" in loaded_after(code)
