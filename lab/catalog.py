@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import yaml
@@ -20,6 +20,7 @@ from lab.grammar import generators
 from lab.grammar.scale import scale
 from lab.grammar.spec import Spec
 from lab.grammar.text import parse
+from lab.kinds import in_order
 from lab.resources import named_file
 
 GENERATORS: dict[str, Callable[..., str]] = {"regnet": generators.regnet, "efficientnet": generators.efficientnet}
@@ -111,13 +112,56 @@ def resolve(ref: str) -> Spec:
     return scale(spec, width=w, depth=d, res=res, patch=p, frames=frames)
 
 
-def family_of(spec: Spec) -> str:
-    """The family of a named point, else a description from its block kinds ("hybrid" when mixed)."""
+def kinds_family(kinds: Iterable[str]) -> str:
+    """The family of a point no name describes: its distinct block kinds in the lab's order of
+    token mixing (lab.kinds.in_order: conv kinds, then global, window and neighbourhood attention,
+    MLP; by name within one), joined by '+': ``basic``, ``mbconv+mhsa``, ``bottleneck+swin+mixer``."""
+    return "+".join(in_order(set(kinds)))
+
+
+def family_of(spec: Spec, name: str | None = None) -> str:
+    """What `family` means in every lab table: the catalog family of a named point (``resnet`` for
+    ``resnet18``, also scaled: ``resnet18@32px,w=0.25``; `name` is the reference the point was
+    resolved from, grammar text or None when there is none), or of grammar text equal to a named
+    point at its native size; else `kinds_family` of its block kinds."""
+    if name is not None and not name.lstrip().startswith("@"):
+        entry = entries().get(name.partition("@")[0].strip())
+        if entry is not None:
+            return entry.family
+    native = _native_families().get(spec.arch_id)
+    return native if native is not None else kinds_family(st.block.kind for st in spec.stages)
+
+
+@functools.cache
+def _native_families() -> dict[str, str]:
+    """arch_id -> family of every named point at its native size (as `named` parses its text)."""
+    out: dict[str, str] = {}
     for e in entries().values():
-        if e.text == spec.text:
-            return e.family
-    kinds = sorted({st.block.kind for st in spec.stages})
-    return kinds[0] if len(kinds) == 1 else "hybrid"
+        try:
+            out.setdefault(named(e.name).arch_id, e.family)
+        except LabError:
+            continue
+    return out
+
+
+def migrated_family(old: str | None, text: str | None) -> str | None:
+    """The `family` of a row written before the lab had one vocabulary (README "Result schema"):
+    a named family other than ``hybrid`` stays (the row named its point: a native named point or
+    a scaling arm); any other word (a kind, or ``hybrid`` for every mixed point) is recomputed from
+    the row's grammar text (`family_of`); a row whose text does not parse keeps its word."""
+    if old is not None and old != "hybrid" and old in {e.family for e in entries().values()}:
+        return old
+    if not text:
+        return old
+    try:
+        return _family_of_text(text)
+    except (LabError, ValueError):
+        return old
+
+
+@functools.lru_cache(maxsize=4096)
+def _family_of_text(text: str) -> str:
+    return family_of(parse(text))
 
 
 @functools.cache

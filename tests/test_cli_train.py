@@ -33,7 +33,7 @@ def test_train_prints_a_summary_and_records_the_run(tmp_path, capsys):
     line = out.strip()
     assert "\n" not in line and "on digits" in line and "test top-1" in line and "img/s" in line
     row = read_records(tmp_path / "runs.parquet").to_pylist()[0]
-    assert row["dataset"] == "digits" and row["res"] == 16 and row["fraction"] == 0.5 and row["status"] == "ok"
+    assert row["dataset"] == "digits" and row["res"] == 16 and row["fraction"] == 0.5 and row["state"] == "complete"
     assert row["checkpoint"] in line
     rc, out, _ = _run(capsys, TINY, "--dataset", "digits", "--res", "16", "--epochs", "1", "--out", str(tmp_path),
                       "--json", "--seed", "1")
@@ -89,7 +89,8 @@ def test_a_diverging_run_exits_2_with_its_record(tmp_path, capsys, monkeypatch):
     rc, _, err = _run(capsys, TINY, "--dataset", "digits", "--res", "16", "--out", str(tmp_path))
     assert rc == 2 and err.count("\n") == 1 and "training diverged: loss became inf" in err
     row = read_records(tmp_path / "runs.parquet").to_pylist()[0]
-    assert row["status"] == "diverged" and row["checkpoint"] is None
+    assert row["state"] == "failed" and row["error"].startswith("diverged: loss became inf")
+    assert row["checkpoint"] is None
 
 
 def test_the_console_command_reports_an_unknown_dataset_without_a_traceback():

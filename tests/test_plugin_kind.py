@@ -97,7 +97,7 @@ def test_it_is_costed_as_it_is_built():
 def test_it_trains():
     result = train("@28 | conv(c=16,s=4),bn,relu | meanmix 1x16 | ln,gap,fc", "mnist5k", epochs=1,
                    fraction=0.02, batch_size=32, out=None)
-    assert result.record["status"] == "ok"
+    assert result.record["state"] == "complete"
     assert result.record["epochs_done"] == 1
     assert torch.isfinite(torch.tensor(result.record["loss"]))
     gate = next(p for n, p in result.model.named_parameters() if n.endswith("mixer.gate"))

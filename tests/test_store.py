@@ -1,4 +1,5 @@
-"""The study store: config, trial and epoch fragments, latest-wins reads, crash-safe compaction,
+"""The study store: config, trial and epoch fragments (stores opened with compact=False keep them until
+compact(); see tests/test_vocabulary.py for compaction on every write), latest-wins reads, crash-safe compaction,
 export, validation and foreign files."""
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def test_optuna_url_is_an_absolute_sqlite_path(tmp_path, monkeypatch):
 # --- trials and epochs ----------------------------------------------------------------------
 
 def test_round_trip_of_trials_and_epochs(tmp_path):
-    store = StudyStore(tmp_path)
+    store = StudyStore(tmp_path, compact=False)
     assert store.trials().num_rows == 0 and store.trials().schema == TRIAL_SCHEMA
     assert store.epochs().num_rows == 0 and store.epochs().schema == EPOCH_SCHEMA
     written = [trial(5), trial(0, state="failed", error="diverged", val_top1=None),
@@ -114,7 +115,7 @@ def test_round_trip_of_trials_and_epochs(tmp_path):
 
 
 def test_pandas_reads_the_files(tmp_path):
-    store = StudyStore(tmp_path)
+    store = StudyStore(tmp_path, compact=False)
     for n in range(3):
         store.write_trial(trial(n))
         store.write_epochs(n, curve(n))
@@ -145,7 +146,7 @@ def test_latest_write_of_a_trial_wins(tmp_path):
 
 
 def test_compaction_preserves_content_and_removes_fragments(tmp_path):
-    store = StudyStore(tmp_path)
+    store = StudyStore(tmp_path, compact=False)
     for n in (4, 1, 7):
         store.write_trial(trial(n))
         store.write_epochs(n, curve(n, n=n % 3 + 1))
@@ -174,7 +175,7 @@ def _snapshot(folder: Path) -> Path:
 
 
 def test_reading_after_a_crash_in_the_middle_of_compaction(tmp_path):
-    store = StudyStore(tmp_path / "s")
+    store = StudyStore(tmp_path / "s", compact=False)
     store.write_trial(trial(1, val_top1=0.1))
     store.write_epochs(1, curve(1, n=2))
     store.compact()                                          # old compacted rows: trial 1 (v1)
@@ -212,12 +213,12 @@ def test_reading_after_a_crash_in_the_middle_of_compaction(tmp_path):
 
 
 def test_concurrent_writers_of_different_trials_and_a_compactor(tmp_path):
-    store = StudyStore(tmp_path)
+    store = StudyStore(tmp_path, compact=False)
     errors = []
 
     def worker(k: int):
         try:
-            mine = StudyStore(tmp_path)                         # each worker opens its own store
+            mine = StudyStore(tmp_path, compact=False)                         # each worker opens its own store
             for n in range(k, 120, 6):
                 mine.write_trial(trial(n))
                 mine.write_epochs(n, curve(n, n=2))

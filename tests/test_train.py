@@ -25,7 +25,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert [runs[0].record[k] for k in keys] == [runs[1].record[k] for k in keys]
     assert runs[0].record["loss"] != runs[2].record["loss"]
     table = read_records(tmp_path / "runs.parquet")
-    assert table.num_rows == 3 and set(table.column("status").to_pylist()) == {"ok"}
+    assert table.num_rows == 3 and set(table.column("state").to_pylist()) == {"complete"}
     row = table.slice(0, 1).to_pylist()[0]
     assert row["n_train"] == 400 and row["fraction"] == 0.1 and row["dataset"] == "mnist5k"
     assert row["arch_id"] == lab.parse(TINY_CONV).arch_id and row["params"] == lab.cost(lab.parse(TINY_CONV), 10, 1).params
@@ -49,9 +49,9 @@ def test_a_nan_loss_stops_training_and_is_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "classification_loss", lambda logits, t: real(logits, t) * float("nan"))
     with pytest.raises(TrainError, match=r"training diverged: loss became nan at epoch 1, step 1; recorded as") as failure:
         train(TINY_CONV, "mnist5k", epochs=2, batch_size=64, fraction=0.05, out=tmp_path)
-    assert failure.value.record["status"] == "diverged"
+    assert failure.value.record["state"] == "failed"
     row = read_records(tmp_path / "runs.parquet").to_pylist()[0]
-    assert row["status"] == "diverged" and "loss became nan" in row["error"]
+    assert row["state"] == "failed" and row["error"].startswith("diverged: loss became nan")
     assert row["checkpoint"] is None and row["val_top1"] is None and row["epochs_done"] == 0
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []   # no checkpoint folder
 

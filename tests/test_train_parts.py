@@ -99,7 +99,7 @@ def test_schedule_is_linear_warmup_then_cosine():
 
 def _record(**changes) -> dict:
     row = {name: None for name in RUN_SCHEMA.names}
-    row.update(run_id="r1", status="ok", arch_id="abc", text="@28 | ...", params=10, macs=20, val_top1=0.5)
+    row.update(run_id="r1", state="complete", arch_id="abc", text="@28 | ...", params=10, macs=20, val_top1=0.5)
     row.update(changes)
     return row
 

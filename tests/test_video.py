@@ -158,7 +158,7 @@ def test_train_a_video_point_on_moving_digits(tmp_path):
     result = train("video_swin_t@8x32px,w=0.25,d=0.5", "moving-digits", epochs=1, fraction=0.05, batch_size=16,
                    out=tmp_path)
     row = result.record
-    assert row["status"] == "ok" and row["frames"] == 8 and row["res"] == 32 and row["n_train"] == 200
+    assert row["state"] == "complete" and row["frames"] == 8 and row["res"] == 32 and row["n_train"] == 200
     assert 0 <= row["test_top1"] <= 1 and row["macs"] == lab.cost(lab.parse(row["text"]), 10, 1).macs
     assert read_records(tmp_path / "runs.parquet").column("frames").to_pylist() == [8]
     # its checkpoint's frozen features probe clips; images are refused in one line

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lab.catalog import entries, resolve
+from lab.catalog import entries, family_of, kinds_family, resolve
 from lab.cost import cost
 from lab.scaling.predict import predict
 from lab.study.fidelity import curve_of, prediction_columns
@@ -79,7 +79,7 @@ def _arch(rng: np.random.Generator, mixers: list[str]) -> dict:
     return {"choices": choices, "text": text, "kinds": sorted(set(kinds)), "layout": layout, "stem": stem,
             "macs": macs, "params": params, "res": 28,
             "arch_id": hashlib.blake2b(text.encode(), digest_size=5).hexdigest(),   # as Spec.arch_id hashes its text
-            "family": kinds[0] if len(set(kinds)) == 1 else "hybrid"}
+            "family": kinds_family(kinds)}
 
 
 def _named(name: str) -> dict:
@@ -88,7 +88,7 @@ def _named(name: str) -> dict:
     shape = describe(spec)
     return {"choices": {"named": name.split("@")[0]}, "text": spec.text, "kinds": shape["kinds"],
             "layout": shape["layout"], "stem": shape["stem"], "macs": report.macs, "params": report.params,
-            "res": spec.res, "arch_id": spec.arch_id, "family": name.split("_")[0].rstrip("0123456789")}
+            "res": spec.res, "arch_id": spec.arch_id, "family": family_of(spec, name)}
 
 
 def synthetic_rows(trials: int, fractions: Sequence[float] = (1.0,), epochs: int = 8, curves: int | None = None,

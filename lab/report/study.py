@@ -56,7 +56,7 @@ def _teachers(folder: Path) -> list[dict]:
     out = []
     for table in sorted((folder / "teachers").glob("*/runs.parquet")):
         for row in read_records(table).to_pylist():
-            if row["status"] == "ok":
+            if row["state"] == "complete":
                 out.append({"teacher": table.parent.name, "arch_id": row["arch_id"], "fraction": row["fraction"],
                             "n_train": row["n_train"], "seed": row["seed"], "epochs": row["epochs"],
                             "test_top1": row["test_top1"]})

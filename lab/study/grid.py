@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from lab.catalog import entries
+from lab.catalog import family_of
 from lab.cost import totals
 from lab.data import Dataset
 from lab.errors import LabError, StudyError, check_mapping
@@ -138,7 +138,7 @@ class ScalingGrid:
         self.fractions, self.seeds = fractions, seeds
         self.epochs, self.policy = epochs, policy
         self.where = "--archs"
-        self.points: dict[str, tuple[Any, int, int, str | None]] = {}
+        self.points: dict[str, tuple[Any, int, int, str]] = {}
         for i, arm in enumerate(arms):
             try:
                 # as `lab train` would: a bare name adopts the data's size
@@ -147,8 +147,7 @@ class ScalingGrid:
             except LabError as e:
                 where = f"--archs {arm.arch!r}" if arm.name == arm.arch else f"study archs[{i}].arch"
                 raise StudyError(f"{where}: {e}") from None
-            entry = entries().get(arm.arch.partition("@")[0].strip())
-            self.points[arm.name] = (spec, total.params, total.macs, entry.family if entry else None)
+            self.points[arm.name] = (spec, total.params, total.macs, family_of(spec, arm.arch))
 
     @property
     def archs(self) -> list[str]:

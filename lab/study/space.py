@@ -67,8 +67,9 @@ class Point:
     "over budget: 75.1 MMACs > 60 MMACs", "constraint fails: ..."). `params`/`macs` are known
     whenever the text parsed (also over budget). `values` holds every variable that applied,
     by its trial parameter name (per-stage variables as NAME_i). `run` overrides the study's
-    settings for this trial (a scaling grid's fraction, seed and epochs); `family` names the
-    point's family when the space knows it (a named architecture trained at another size).
+    settings for this trial (a scaling grid's fraction, seed and epochs); `family` is the point's
+    family when the space knows its name (a grid arm: `lab.catalog.family_of(spec, name)`); None:
+    the trial row's family is `lab.catalog.family_of(spec)` (its kinds, for a sampled point).
     """
 
     spec: Any  # lab.Spec | None
@@ -588,8 +589,8 @@ class Space:
 
     def sampler(self, name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
         """TPE (the default), NSGA-II or random sampling for a study of `trials` trials, or a grammar-aware
-        one (lab.study.samplers: evolution, local, gp). Rejected points carry a violated `budget`
-        constraint (lab.study.search.tell), which TPE, NSGA-II and gp read."""
+        one (lab.study.samplers: evolution, local, gp). Rejected points are pruned trials with a violated
+        `budget` constraint (lab.study.search.tell), which TPE and gp read (NSGA-II reads complete trials only)."""
         if name in samplers.GRAMMAR_SAMPLERS:
             return samplers.make(name, seed, trials)
         if name == "random":

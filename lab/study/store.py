@@ -14,6 +14,11 @@ a half-written file. Workers write fragments of different trials without coordin
 lock); `compact()` takes the lock exclusively, writes the merged table, then deletes the merged
 fragments. A reader deduplicates by trial number, a fragment winning over compacted rows, so a
 crash at any point of a compaction leaves a store that reads the same as before it.
+
+`write_trial` compacts after its fragment is written (fragment first: the crash safety above), so
+trials.parquet and epochs.parquet hold every row at every moment and any Parquet reader (DuckDB's
+``SELECT * FROM 'studies/X/trials.parquet'``) sees the study as it runs; within `buffered()`
+(replays) nothing is written until the block ends.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import yaml
 from lab.errors import LabError
 from lab.files import atomic_write, file_lock
 from lab.study.space_yaml import safe_load
-from lab.train.record import PROXIES, RUN_FIELDS
+from lab.train.record import FAMILY, PROXIES, RUN_FIELDS, TIME, VOCABULARY, VOCABULARY_KEY, migrate_family
 
 STATES = ("complete", "pruned", "failed", "rejected")
 
@@ -48,7 +53,7 @@ TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("error", pa.string(), "why a trial that is not complete stopped or was rejected; null when complete"),
     RUN["arch_id"],
     RUN["text"],
-    RUN["family"],
+    FAMILY,
     ("kinds", pa.list_(pa.string()), "block kinds its stages use"),
     ("layout", pa.string(), "isotropic (one stage, no transition) or hierarchical"),
     ("stem", pa.string(), "conv or patch"),
@@ -62,7 +67,8 @@ TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
     RUN["epochs"],
     RUN["epochs_done"],
     RUN["recipe"],
-    ("hparams", pa.string(), "JSON object of the sampled hyperparameters and grammar variables"),
+    ("hparams", pa.string(), "JSON object of the sampled hyperparameters and grammar variables (JSON: its keys "
+                             "and their types differ from space to space)"),
     RUN["seed"],
     RUN["val_top1"],
     RUN["val_top5"],
@@ -75,8 +81,8 @@ TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("worker_seconds", pa.float64(), "seconds the trial ran in its worker: model build, Lightning set-up, training, evaluation"),
     RUN["peak_memory"],
     RUN["device"],
-    ("started_at", pa.timestamp("us", tz="UTC"), "when the trial started"),
-    ("finished_at", pa.timestamp("us", tz="UTC"), "when the trial finished (null while running)"),
+    ("started_at", TIME, "when the trial started"),
+    ("finished_at", TIME, "when the trial finished (null while running)"),
     ("worker", pa.string(), "host/pid of the process that ran it"),
     RUN["checkpoint"],
     RUN["lab_version"],
@@ -98,7 +104,7 @@ TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
 SIZE_COLUMNS = ("sizes", "sizes_top1", "sizes_seconds", "target_size", "pred_top1", "pred_top1_lo", "pred_top1_hi",
                 "pred_law")
 PROXY_COLUMNS = tuple(name for name, _, _ in TRIAL_FIELDS if name.startswith("zc_"))
-TRIAL_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in TRIAL_FIELDS])
+TRIAL_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in TRIAL_FIELDS], metadata={VOCABULARY_KEY: VOCABULARY})
 
 EPOCH_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("number", pa.int64(), "the trial number"),
@@ -109,10 +115,12 @@ EPOCH_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("n_train", pa.int64(), "training images of the run the epoch belongs to (a --target-size trial trains several "
                             "sizes; null: the trial's own n_train)"),
 ]
-EPOCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in EPOCH_FIELDS])
+EPOCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in EPOCH_FIELDS], metadata={VOCABULARY_KEY: VOCABULARY})
 
 # Schema evolution: a column added after stores were first written goes here; a table that lacks
 # it (written by an older lab) reads it as nulls. Every other missing column marks a foreign table.
+# A table without the current vocabulary in its metadata has its `family` words migrated as it is
+# read (lab.train.record.migrate_family); its times are cast to TIME.
 ADDED_COLUMNS = frozenset({"worker_seconds", "frames", *PROXY_COLUMNS, *SIZE_COLUMNS, "n_train"})
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -196,7 +204,9 @@ def _read(path: Path, schema: pa.Schema, what: str) -> pa.Table:
         except (pa.ArrowException, TypeError) as e:
             raise StoreError(f"{path}: column {field.name!r} is {table.schema.field(field.name).type}, "
                              f"not {field.type} ({e})") from None
-    return pa.Table.from_arrays(columns, schema=schema)
+    out = pa.Table.from_arrays(columns, schema=schema)
+    current = (table.schema.metadata or {}).get(VOCABULARY_KEY) == VOCABULARY
+    return out if current or "family" not in schema.names else migrate_family(out)
 
 
 def _fragment_number(path: Path) -> int:
@@ -222,8 +232,11 @@ def _merge(compacted: pa.Table | None, fragments: list[pa.Table], schema: pa.Sch
 class StudyStore:
     """The files of one study (see the module docstring for the layout)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, compact: bool = True):
+        """`compact=False`: `write_trial` writes its fragment only (concurrent writers that should not
+        queue on the exclusive lock); the compacted tables then lag until `compact()`."""
         self.folder = Path(folder).resolve()
+        self.compact_on_write = compact
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config_path = self.folder / "study.yaml"
         self.trials_path = self.folder / "trials.parquet"
@@ -275,7 +288,8 @@ class StudyStore:
 
     # writing
     def write_trial(self, row: dict) -> None:
-        """Write one trial as its own fragment; a later write of the same number replaces it.
+        """Write one trial as its own fragment, then compact (outside `buffered()`, unless the store was
+        opened with compact=False); a later write of the same number replaces it.
 
         Columns left out are null; `hparams` may be given as a dict (stored as sorted JSON).
         """
@@ -296,6 +310,8 @@ class StudyStore:
                 raise ValueError(f"column 'hparams': expected a JSON object, got {checked['hparams']!r}")
         table = pa.Table.from_pylist([checked], schema=TRIAL_SCHEMA)
         self._write_fragment(self.trials_dir, checked["number"], table)
+        if self._buffer is None and self.compact_on_write:   # trials.parquet holds every row (module docstring)
+            self.compact()
 
     def write_epochs(self, number: int, rows: list[dict]) -> None:
         """Write trial `number`'s per-epoch curve; it replaces every earlier row of that trial."""

@@ -31,7 +31,7 @@ def cached_checkpoint(folder: Path) -> Path | None:
     if not table.exists():
         return None
     for row in reversed(read_records(table).to_pylist()):
-        if row["status"] == "ok" and row["checkpoint"] and Path(row["checkpoint"]).exists():
+        if row["state"] == "complete" and row["checkpoint"] and Path(row["checkpoint"]).exists():
             return Path(row["checkpoint"])
     return None
 

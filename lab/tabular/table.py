@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from lab import resources
 from lab.errors import LabError
 from lab.files import atomic_write
-from lab.train.record import PROXIES, RUN_FIELDS
+from lab.train.record import PROXIES, RUN_FIELDS, VOCABULARY, VOCABULARY_KEY, migrate_family
 
 META_KEY = b"lab.bench"
 FORMAT = 1   # bumped when the columns change meaning
@@ -109,7 +109,7 @@ def make_table(trials: list[dict], epochs: dict[int, list[dict]], meta: dict) ->
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=BENCH_SCHEMA)
     # not sorted: a space's variables are read in order
-    return table.replace_schema_metadata({META_KEY: json.dumps({"format": FORMAT, **meta})})
+    return table.replace_schema_metadata({META_KEY: json.dumps({"format": FORMAT, **meta}), VOCABULARY_KEY: VOCABULARY})
 
 
 def save_bench(table: pa.Table, path: str | Path) -> Path:
@@ -157,6 +157,9 @@ def load_bench(name: str | Path) -> Bench:
     missing = [n for n in BENCH_SCHEMA.names if n not in table.column_names]
     if missing:
         raise BenchError(f"benchmark {path}: column {missing[0]!r} is missing")
-    bench = Bench(table.select(BENCH_SCHEMA.names).cast(BENCH_SCHEMA), meta, str(path))
+    rows = table.select(BENCH_SCHEMA.names).cast(BENCH_SCHEMA)
+    if (table.schema.metadata or {}).get(VOCABULARY_KEY) != VOCABULARY:   # built before one vocabulary
+        rows = migrate_family(rows)
+    bench = Bench(rows, meta, str(path))
     _CACHE[stamp] = bench
     return bench

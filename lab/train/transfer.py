@@ -10,7 +10,6 @@ recipe "probe" or "bit-finetune", `init` the checkpoint or null, `shots` k.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -33,13 +32,12 @@ from lab.grammar import parse
 from lab.memory import require_fits
 from lab.train.checkpoint import check_input, load_checkpoint
 from lab.train.probe import extract_features, few_shot_probe
-from lab.train.recipes import recipe
+from lab.train.recipes import HYPERRULE_STEPS, recipe
 from lab.train.record import RUN_SCHEMA, append_record
 from lab.train.run import RUNS_TABLE, check_memory, pick_device, train
 
 PROBE = "probe"
 FINETUNE = "bit-finetune"
-HYPERRULE_STEPS = 500  # BiT-HyperRule's schedule length for downstream sets under 20k images
 
 
 @dataclasses.dataclass
@@ -50,7 +48,7 @@ class TransferResult:
         """Per (recipe, init, shots): mean and sd of test top-1 over seeds, and the seed count."""
         groups: dict[tuple, list[float]] = {}
         for r in self.records:
-            if r["status"] == "ok":
+            if r["state"] == "complete":
                 groups.setdefault((r["recipe"], r["init"] or "random", r["shots"]), []).append(r["test_top1"])
         return [{"recipe": recipe, "init": init, "shots": shots, "mean": statistics.fmean(accs),
                  "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": len(accs)}
@@ -62,7 +60,7 @@ def _probe_record(base: dict, ds, k: int, seed: int, init: str | None, method: s
     started = datetime.now(UTC).replace(microsecond=0)
     return {**base, "run_id": f"{started:%Y%m%d-%H%M%S}-{base['arch_id']}-probe-{uuid.uuid4().hex[:6]}",
             "started_at": started, "n_train": k * ds.num_classes, "fraction": k * ds.num_classes / ds.n_train,
-            "recipe": PROBE, "recipe_json": json.dumps({"method": method, "l2": l2}), "seed": seed,
+            "recipe": PROBE, "probe": {"method": method, "l2": None if l2 is None else str(l2)}, "seed": seed,
             "init": init, "shots": k, "test_top1": accuracy, "train_seconds": seconds}
 
 
@@ -113,7 +111,7 @@ def transfer(checkpoint: str | Path, dataset: str = "digits", *, shots: Sequence
     # --- probes: frozen features of the checkpoint (and of a random network) ---------------
     report = cost(spec, num_classes=ds.num_classes, in_chans=ds.in_chans)
     base: dict[str, Any] = {name: None for name in RUN_SCHEMA.names}
-    base.update(status="ok", arch_id=spec.arch_id, text=spec.text, family=family_of(spec), params=report.params,
+    base.update(state="complete", arch_id=spec.arch_id, text=spec.text, family=family_of(spec), params=report.params,
                 macs=report.macs, res=spec.res, frames=spec.frames, dataset=ds.name, epochs=0, epochs_done=0,
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 lab_version=__version__)
