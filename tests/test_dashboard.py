@@ -412,8 +412,8 @@ def test_study_create_and_resume_render_the_dashboard_at_the_end(tmp_path, capsy
 
     root = tmp_path / "studies"
     folder = write_synthetic_study(root / "run", 8, named=False).folder
-    monkeypatch.setattr(lab.study.runner, "create", lambda config, root=None, verbose=1: folder)   # no training here
-    monkeypatch.setattr(lab.study.runner, "resume", lambda name, root=None, verbose=1, trials=None: folder)
+    monkeypatch.setattr(lab.study.runner, "create", lambda config, root=None, **kwargs: folder)   # no training here
+    monkeypatch.setattr(lab.study.runner, "resume", lambda name, root=None, **kwargs: folder)
     create = ["study", "create", "--name", "run", "--root", str(root), "--quiet"]
     assert main(create) == 0
     out = capsys.readouterr().out

@@ -269,7 +269,7 @@ def test_gp_view_fills_the_constraint_and_clips_penalties():
         trial = study.ask()
         trial.suggest_int("x", 0, 3)
         tell(study, trial, {"state": state, "val_top1": values[0], "macs": values[1]}, OBJ)
-    view = gp_view(study.get_trials())
+    view = gp_view(study.get_trials(), study.directions)   # the rejected point: pruned, without values
     assert [t.constraints for t in view] == [{"budget": 0.0}, {"budget": 0.0}, {"budget": 1.0}]
     # trained: val 0.6..0.8 (span 0.2), macs 10..30 (span 20): the penalty clipped to one span past the worst
     assert view[2].values == pytest.approx([0.4, 50.0]) and view[0].values == [0.8, 10.0]
@@ -284,7 +284,7 @@ def test_gp_samples_the_hybrid_space_with_constraints():
     class Recording(LabGPSampler):   # what the GP proposed, and the constraints the study held then
         def sample_relative(self, study, trial, search_space):
             out = super().sample_relative(study, trial, search_space)
-            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
             proposals.append((out, [t.constraints for t in done]))
             return out
 

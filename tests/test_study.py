@@ -44,8 +44,8 @@ def _agree(folder: Path, name: str) -> list[dict]:
         if r["state"] == "rejected" and r["error"].startswith(DUPLICATE):   # the earlier trial's outcome, told again
             original = trials[int(r["error"].split()[3].rstrip(":"))]
             assert t.state == original.state and t.values == original.values
-        elif r["state"] == "rejected":   # told as a complete trial whose constraint is violated: never trained
-            assert t.state == optuna.trial.TrialState.COMPLETE and t.constraints == {"budget": 1.0}
+        elif r["state"] == "rejected":   # told as a pruned trial whose constraint is violated: never trained
+            assert t.state == optuna.trial.TrialState.PRUNED and t.values is None and t.constraints == {"budget": 1.0}
         elif r["state"] == "complete":
             assert t.state == optuna.trial.TrialState.COMPLETE and t.values == [r["val_top1"], r["macs"]]
         elif r["state"] == "pruned":

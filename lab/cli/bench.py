@@ -36,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--address", help="Ray cluster address (default: Ray on this machine)")
     build.add_argument("--surrogate", default="gp", help="the surrogate whose held-out quality is printed (gp, rf, knn)")
     build.add_argument("--root", help=ROOT_HELP)
-    build.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    build.add_argument("-q", "--quiet", action="store_true",
+                       help="print only warnings, errors and the table's summary (no progress view)")
+    build.add_argument("-v", "--verbose", action="store_true", help="a line per trained point with its full grammar text")
     build.add_argument("--json", action="store_true")
     build.set_defaults(run=run_build)
 
@@ -69,12 +71,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from lab.cli.console import study_view  # lazy: start-up time
     from lab.study.benchmark import build_bench  # lazy: start-up time
     from lab.tabular.surrogate import quality  # lazy: start-up time
     from lab.tabular.table import load_bench  # lazy: start-up time
 
     out = Path(args.out or f"bench-{Path(args.space).stem}.parquet")
-    path = build_bench(args.space, args.points, out, name=args.name, root=args.root, verbose=0 if args.quiet else 1,
+    path = build_bench(args.space, args.points, out, name=args.name, root=args.root,
+                       view=None if args.json else study_view(args.quiet, args.verbose),
                        dataset=args.dataset, fraction=args.fraction, epochs=args.epochs, seed=args.seed,
                        recipe=args.recipe, batch_size=args.batch_size, concurrency=args.concurrency,
                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address)

@@ -23,6 +23,7 @@ def make_parser() -> ArgParser:
         arch,
         bench,
         dashboard,
+        export,
         probe,
         recommend,
         scale,
@@ -40,6 +41,7 @@ def make_parser() -> ArgParser:
     probe.add_parser(sub)
     transfer.add_parser(sub)
     study.add_parser(sub)
+    export.add_parser(sub)
     dashboard.add_parser(sub)
     scale.add_parser(sub)
     recommend.add_parser(sub)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,8 @@ SETTINGS = {
     "objectives": str, "epochs": int, "fraction": float,
     "res": int, "recipe": str, "name": str, "sampler": str, "scheduler": str, "storage": str, "address": str,
     "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "max_memory": str, "seed": int, "batch_size": int,
-    "backend": str, "target_size": int, "rungs": int,
+    "backend": str, "target_size": int, "rungs": int, "logger": str,
+    "keep_top": int, "keep_metric": str, "weights_cap": str,
 }
 
 
@@ -58,6 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "extrapolation): each trial trains a ladder of nested data sizes up to --fraction, successive "
                        "halving promotes on the accuracy predicted at N, and the study ranks by that prediction",
         "rungs": "--target-size: sizes in the ladder, --fraction/3^(rungs-1) .. --fraction (default 3)",
+        "logger": "log every trial with Lightning's logger: tensorboard, csv, mlflow or wandb (one run per trial, "
+                  "trial-NNNNNN, in STUDY/logs; MLflow experiment and W&B project: the study's name)",
+        "keep_top": "also keep the weights of the best K complete trials by --keep-metric (default 0: the Pareto set's "
+                    "alone); kept weights are in STUDY/weights, `lab export STUDY:TRIAL` writes one out",
+        "keep_metric": "what --keep-top ranks by, a column with an optional :max or :min (default val_top1)",
+        "weights_cap": "disk the kept weights may take together, e.g. 2GiB (default 1GiB; 0 keeps none); the Pareto "
+                       "set's best-first-objective trials come first",
     }
     for field, kind in SETTINGS.items():
         create.add_argument("--" + field.replace("_", "-"), dest=field, type={int: whole, float: number}.get(kind, kind),
@@ -105,7 +114,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help=ROOT_HELP)
-    p.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only warnings, errors and the final summary (no progress view)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="a line per finished trial with its full grammar text (and per rejected point)")
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                    help="do not render the study's dashboard at the end (default: dashboards/NAME.html)")
 
@@ -128,18 +140,20 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_create(args: argparse.Namespace) -> int:
+    from lab.cli.console import study_view  # lazy: start-up time
     from lab.study.runner import create  # lazy: start-up time
 
-    folder = create(config_from_args(args), root=args.root, verbose=0 if args.quiet else 1)
+    folder = create(config_from_args(args), root=args.root, view=study_view(args.quiet, args.verbose))
     _print_summary(folder, json_out=False)
     _render_dashboard(folder, args)
     return _check_outcome(folder)
 
 
 def run_resume(args: argparse.Namespace) -> int:
+    from lab.cli.console import study_view  # lazy: start-up time
     from lab.study.runner import resume  # lazy: start-up time
 
-    folder = resume(args.name, root=args.root, verbose=0 if args.quiet else 1, trials=args.trials)
+    folder = resume(args.name, root=args.root, trials=args.trials, view=study_view(args.quiet, args.verbose))
     _print_summary(folder, json_out=False)
     _render_dashboard(folder, args)
     return _check_outcome(folder)
@@ -194,6 +208,7 @@ def summary(folder: Path) -> dict:
     from lab.pareto import pareto_front, parse_objectives  # lazy: start-up time
     from lab.study.config import StudyConfig  # lazy: start-up time
     from lab.study.store import StudyStore  # lazy: start-up time
+    from lab.study.weights import kept as kept_weights  # lazy: start-up time
 
     store = StudyStore(folder)
     saved = store.load_config()   # with every setting's default filled in (older or hand-made studies omit some)
@@ -205,13 +220,17 @@ def summary(folder: Path) -> dict:
     objectives = parse_objectives(config["objectives"])
     front = pareto_front(trials, objectives) if trials.num_rows else None
     rows = [] if front is None else front.to_dict("records")
+    weights = kept_weights(folder)   # the rows' checkpoint column stays null: the study's ledger says (lab.study.weights)
+    for r in rows:
+        r["checkpoint"] = str(weights[r["number"]]) if r["number"] in weights else None
     kind = config.get("kind", "search")
     space = (f"scaling grid of {len(config['archs'])} archs x {len(config['fractions'])} fractions x "
              f"{config['seeds']} seeds" if kind == "scaling" else f"space {config['space']}")
     return {"name": config["name"], "folder": str(folder), "kind": kind,
             "space": "scaling" if kind == "scaling" else config["space"], "grid": space,
             "dataset": config["dataset"], "budget": config["trials"], "states": states, "objectives": objectives,
-            "pareto": rows, "claims": len(config.get("claims") or []), "target_size": config.get("target_size")}
+            "pareto": rows, "claims": len(config.get("claims") or []), "target_size": config.get("target_size"),
+            "kept_weights": {str(n): str(p) for n, p in sorted(weights.items())}}
 
 
 def _print_summary(folder: Path, json_out: bool) -> int:
@@ -226,6 +245,10 @@ def _print_summary(folder: Path, json_out: bool) -> int:
         what = f"its {info['claims']} claims' verdicts" if info["claims"] else "accuracy per arm and fraction"
         print(f"`lab study report {info['name']}`: {what}; `lab scale fit {info['name']}`: the scaling-law fits")
     print(f"Pareto set ({', '.join(f'{m} {s}' for m, s in info['objectives'])}): {len(info['pareto'])} trial(s)")
+    if info["kept_weights"]:
+        numbers = ", ".join(info["kept_weights"])
+        print(f"kept weights of trial(s) {numbers} in {Path(info['folder']) / 'weights'}: "
+              f"`lab export {info['name']}:{next(iter(info['kept_weights']))} --format onnx` writes one out")
     target = info.get("target_size")
     pct = lambda v: "" if v is None or v != v else f"{100 * v:.1f}%"  # noqa: E731
     if target:
@@ -240,8 +263,11 @@ def _print_summary(folder: Path, json_out: bool) -> int:
         table.append([str(r["number"]), *predicted, pct(r.get("val_top1")), pct(r.get("test_top1")),
                       f"{r['macs'] / 1e6:.2f}" if r.get("macs") is not None else "",
                       f"{r['params'] / 1e6:.3f}" if r.get("params") is not None else "",
-                      ",".join(list(r["kinds"]) if r.get("kinds") is not None else []), (r.get("text") or "")[:70]])
-    print(render(headers, table, align="<>>>>>><<" if target else "<>>>><<") if table else "(no complete trials yet)")
+                      ",".join(list(r["kinds"]) if r.get("kinds") is not None else []), r.get("text") or ""])
+    # the text whole: wrapped to a terminal's width, on one line elsewhere (a file, a pipe: grep finds it)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(render(headers, table, align="<>>>>>><<" if target else "<>>>><<", wrap=-1, width=width)
+          if table else "(no complete trials yet)")
     return 0
 
 

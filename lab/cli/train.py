@@ -38,7 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default: what the device has available), before it is built")
     p.add_argument("--out", default="runs", help="folder of checkpoints and runs.parquet (default runs)")
     p.add_argument("--data-root", help="where downloadable datasets live (default $LAB_DATA or ~/.cache/lab/data)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--logger", metavar="KIND",
+                   help="log the run with Lightning's logger: tensorboard, csv, mlflow or wandb (hyperparameters, "
+                        "per-epoch metrics at step = epoch, test accuracy)")
+    p.add_argument("--log-dir", metavar="DIR", help="--logger's folder (default OUT/logs): KIND/RUN_ID/ for tensorboard "
+                                                    "and csv, mlruns/ for mlflow (unless MLFLOW_TRACKING_URI), wandb/")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
+                   help="no progress bar: only warnings, errors and the summary line (--no-progress: the old name)")
     p.add_argument("--json", action="store_true", help="print the run record as JSON instead of the summary line")
     p.set_defaults(run=run_train)
 
@@ -69,7 +75,8 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(args.arch, args.dataset, recipe=rec, epochs=args.epochs, batch_size=args.batch_size,
                    lr=args.lr, fraction=args.fraction, seed=args.seed, res=args.res,
                    distill_from=args.distill_from, init=args.init, device=args.device, out=args.out, data_root=args.data_root,
-                   progress=not args.no_progress and sys.stderr.isatty(), max_memory=max_memory)
+                   progress=not args.no_progress and sys.stderr.isatty(), max_memory=max_memory,
+                   logger=args.logger, log_dir=args.log_dir)
     if args.json:
         print(to_json(result.record))
     else:
@@ -79,4 +86,6 @@ def run_train(args: argparse.Namespace) -> int:
         at = f"{frames}x{result.record['res']}" if frames > 1 else result.record["res"]
         label = args.arch if not args.arch.lstrip().startswith("@") else f"@{at} point"
         print(summary_line(result.record, label))
+        if result.log is not None:
+            print(f"{args.logger} log: {result.log}")
     return 0

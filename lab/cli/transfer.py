@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs", help="folder of runs.parquet (and fine-tune checkpoints); default runs")
     p.add_argument("--data-root", help="where downloadable datasets live")
     p.add_argument("--json", action="store_true", help="print every recorded row as JSON lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar: only warnings, errors and the results")
     p.set_defaults(run=run_transfer)
 
 
@@ -55,7 +56,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     result = transfer(args.checkpoint, args.dataset, shots=args.shots, seeds=range(args.seeds), method=args.method,
                       finetune=not args.no_finetune, steps=args.steps, baseline=not args.no_baseline,
                       device=args.device, out=args.out, data_root=args.data_root,
-                      progress=sys.stderr.isatty() and not args.json, max_memory=max_memory)
+                      progress=sys.stderr.isatty() and not args.json and not args.quiet, max_memory=max_memory)
     if args.json:
         for record in result.records:
             print(to_json(record))

@@ -16,6 +16,7 @@ from lab import __version__
 from lab.data import load_dataset
 from lab.errors import StudyError
 from lab.study.config import StudyConfig
+from lab.study.progress import View
 from lab.study.runner import create, folder_of, resume
 from lab.study.space import load_space
 from lab.study.store import StudyStore
@@ -27,7 +28,7 @@ SETTINGS = ("dataset", "fraction", "epochs", "recipe", "batch_size", "res", "see
 
 
 def build_bench(space: str, points: int, out: str | Path, *, name: str | None = None, root: str | Path | None = None,
-                verbose: int = 1, **settings) -> Path:
+                verbose: int = 0, view: View | None = None, **settings) -> Path:
     """Train (or finish training) `points` random points of `space` in the study `name` (default
     bench-SPACE) and write their benchmark table to `out`. `settings` are StudyConfig fields
     (dataset, fraction, epochs, seed, concurrency, ...). Returns the table's path."""
@@ -40,9 +41,9 @@ def build_bench(space: str, points: int, out: str | Path, *, name: str | None = 
             if getattr(saved, key) != getattr(config, key):
                 raise StudyError(f"study {name!r} exists with {key} = {getattr(saved, key)!r}, not "
                                  f"{getattr(config, key)!r}: give the build another --name, or the same settings")
-        resume(name, root, verbose, trials=points)
+        resume(name, root, verbose, trials=points, view=view)
     else:
-        create(config, root, verbose)
+        create(config, root, verbose, view=view)
     return save_bench(export(folder), out)
 
 

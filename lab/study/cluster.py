@@ -107,13 +107,29 @@ def start_ray(address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+    # both ways, the workers' stdout and stderr stay in Ray's session logs (log_to_driver=False) and Ray
+    # leaves the process's logging alone (configure_logging=False); joining captures what Ray prints (_join)
     if address:
         _join(address, env)
-    else:   # a private Ray for this driver: Ray's note that it has token authentication on is no news
+    else:   # a private Ray for this driver: its notes while starting ("Started a local Ray instance", that
+        # token authentication is on) are no news; its warnings and errors still show
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env=env)
+        with _ray_logger_at(logging.WARNING):
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, runtime_env=env)
     return True
+
+
+@contextlib.contextmanager
+def _ray_logger_at(level: int) -> Iterator[None]:
+    """The `ray` logger (which Ray's modules propagate to) at `level` at least, for the block."""
+    logger = logging.getLogger("ray")
+    previous = logger.level
+    logger.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def check_gpus(gpus_per_trial: float) -> None:

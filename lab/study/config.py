@@ -18,6 +18,8 @@ from lab.study.claims import parse_claims
 from lab.study.grid import EPOCH_POLICIES, Arm, parse_arms, split_archs
 from lab.study.space import SAMPLERS
 from lab.study.space_yaml import safe_load
+from lab.study.weights import DEFAULT_CAP, parse_cap, parse_metric
+from lab.train.loggers import LOGGERS
 from lab.train.record import PROXIES
 
 SCHEDULERS = ("asha", "fifo")
@@ -61,6 +63,12 @@ class StudyConfig:
     target_size: int | None = None         # search: rank points by the accuracy predicted at N training images,
                                            # trained on a ladder of nested sizes (lab.study.fidelity)
     rungs: int = 3                         # target_size: the ladder's sizes, fraction / 3^(rungs-1) .. fraction
+    logger: str | None = None              # each trial logs to Lightning's logger (lab.train.loggers) in STUDY/logs
+    # the weights a live study keeps in STUDY/weights (lab.study.weights): its Pareto set, the top `keep_top`
+    # complete trials by `keep_metric`, within `weights_cap` bytes ("0": keep none)
+    keep_top: int = 0
+    keep_metric: str = "val_top1"
+    weights_cap: str = DEFAULT_CAP
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -95,12 +103,20 @@ class StudyConfig:
                                                          and not isinstance(self.target_size, bool) and self.target_size >= 1),
              "a whole number of training images >= 1"),
             ("rungs", isinstance(self.rungs, int) and self.rungs >= 2, "at least 2 (a law needs two sizes)"),
+            ("logger", self.logger is None or self.logger in LOGGERS, f"one of {', '.join(LOGGERS)}"),
         ]
         for field, ok, expected in checks:
             if not ok:
                 raise StudyError(f"study {field} = {getattr(self, field)!r}: expected {expected}")
         if self.max_memory is not None:
             parse_size(str(self.max_memory), "study max_memory")
+        if isinstance(self.keep_top, bool) or not isinstance(self.keep_top, int) or self.keep_top < 0:
+            raise StudyError(f"study keep_top = {self.keep_top!r}: expected a whole number >= 0")
+        parse_metric(self.keep_metric, "study keep_metric")
+        parse_cap(self.weights_cap, "study weights_cap")
+        if self.logger is not None and self.backend != "ray":
+            raise StudyError(f"study logger: a replayed study ({self.backend}) trains nothing to log; --logger needs "
+                             f"--backend ray")
         if self.target_size is not None:
             self._resolve_target()
 

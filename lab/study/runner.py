@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import optuna
 import torch
@@ -38,16 +39,23 @@ from lab.study.cluster import check_address, connected
 from lab.study.config import StudyConfig, find_study, studies_root
 from lab.study.fidelity import SizeFidelity, ladder
 from lab.study.grid import ScalingGrid
+from lab.study.progress import Progress, View
 from lab.study.scheduler import ParetoASHA, SizeASHA
 from lab.study.search import LabSearch, counted, now
 from lab.study.space import SearchSpace, load_space
 from lab.study.store import StudyStore
 from lab.study.teachers import teacher_checkpoint
 from lab.study.warm import warm_start
+from lab.study.weights import keeper_for, save_trial, worker_settings
+from lab.train.loggers import make_logger
+from lab.train.loggers import require as require_logger
 from lab.train.proxies import columns as proxy_columns
 from lab.train.proxies import score_point
 from lab.train.recipes import recipe
 from lab.train.run import train
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
 
 TRIAL_RESULT_KEYS = ("val_top1", "val_top5", "test_top1", "test_top5", "loss", "train_seconds",
                      "images_per_second", "peak_memory", "device", "family", "n_train", "params", "macs",
@@ -103,12 +111,15 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
                              "params": config["params"], "worker_seconds": time.perf_counter() - start, **proxies, **sizes,
                              **{k: v for k, v in record.items() if v is not None}})
 
-            result = _climb(config["text"], data, rec, seed, settings["device"], ladder, sizes, on_epoch, on_size)
+            result = _climb(config["text"], data, rec, seed, settings["device"], ladder, sizes, on_epoch, on_size,
+                            logger=functools.partial(_trial_logger, settings, number))
             final.update(sizes, fraction=ladder[-1])
         else:
             result = train(config["text"], data, recipe=rec, seed=seed, device=settings["device"], out=None,
-                           distill_from=teacher, on_epoch=on_epoch)
+                           distill_from=teacher, on_epoch=on_epoch, logger=_trial_logger(settings, number))
         final.update({k: result.record.get(k) for k in TRIAL_RESULT_KEYS}, state="complete")
+        if settings.get("weights") and result.model is not None:   # the driver keeps or deletes them (lab.study.weights)
+            final.update(save_trial(settings["weights"], number, result.model, result.record, data))
     except TrainError as e:   # diverged (the record comes along) or a bad recipe
         record = getattr(e, "record", None) or {}
         final.update({k: record.get(k) for k in TRIAL_RESULT_KEYS}, state="failed", error=str(e))
@@ -119,22 +130,34 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
 
 
 def _climb(text: str, data: Dataset, rec, seed: int, device: str, ladder: list[float], sizes: dict[str, list],
-           on_epoch: Callable[[dict], None], on_size: Callable[[int, dict], None]):
+           on_epoch: Callable[[dict], None], on_size: Callable[[int, dict], None],
+           logger: Callable[[str], Logger | None] | None = None):
     """A --target-size trial: `text` trained from scratch on each nested fraction of `ladder` in turn,
     each size's n_train, val top-1 and training seconds appended to `sizes`; every size but the last
-    is reported (`on_size`, with the size's record), the last one's result is returned."""
+    is reported (`on_size`, with the size's record), the last one's result is returned. `logger(suffix)`
+    makes each size's --logger run (suffix -nN_TRAIN)."""
     result = None
     for rung, fraction in enumerate(ladder, 1):
         part = data.with_fraction(fraction, seed)
         size = {"n_train": part.n_train, "fraction": fraction}
         result = train(text, part, recipe=rec, seed=seed, device=device, out=None,
-                       on_epoch=functools.partial(_with_size, on_epoch, size))
+                       on_epoch=functools.partial(_with_size, on_epoch, size),
+                       logger=logger(f"-n{part.n_train}") if logger is not None else None)
         record = result.record
         for key, value in zip(sizes, (part.n_train, record.get("val_top1"), record.get("train_seconds"))):
             sizes[key].append(value)
         if rung < len(ladder):
             on_size(rung, {**{k: record.get(k) for k in TRIAL_RESULT_KEYS}, **size})
     return result
+
+
+def _trial_logger(settings: dict, number: int, suffix: str = "") -> Logger | None:
+    """The trial's --logger run (None without one): trial-NNNNNN in STUDY/logs, in the study's MLflow
+    experiment, W&B project and group."""
+    if not settings.get("logger"):
+        return None
+    return make_logger(settings["logger"], settings["logs"], settings["study"], f"trial-{number:06d}{suffix}",
+                       group=settings["study"])
 
 
 def _with_size(on_epoch: Callable[[dict], None], size: dict, epoch: dict) -> None:
@@ -175,10 +198,13 @@ def _driver(folder: Path, name: str, command: str) -> Iterator[None]:
         yield
 
 
-def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1) -> Path:
+def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 0, view: View | None = None) -> Path:
     """Create the study `config.name` (an error if it exists) and run it to its trial budget.
     Everything that can be checked is checked before the study's folder is made (Ray joined or
-    started included), and a create that fails before its first trial leaves no folder behind."""
+    started included), and a create that fails before its first trial leaves no folder behind.
+    `view` shows its progress (lab.study.progress; None: nothing is shown). `verbose` is Ray Tune's
+    own console verbosity: 0, the default, sends Tune's reporter and Ray's log lines to the study's
+    ray/ folder; 1 or 2 print them as Ray does (for debugging Ray itself)."""
     folder = folder_of(config.name, root)
     if (folder / "study.yaml").exists():
         raise StudyError(f"study {config.name!r} exists in {folder}: `lab study resume {config.name}` continues it")
@@ -195,7 +221,7 @@ def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1
             store = StudyStore(folder)
             try:
                 _no_space_is_one_line(lambda: store.save_config(config.to_dict()), config.name, str(store.config_path))
-                return _run(config, store, prepared, verbose)
+                return _run(config, store, prepared, verbose, view)
             except BaseException as e:
                 if not _discard_unstarted(store, config, existed) or not isinstance(e, NoSpace):
                     raise
@@ -203,9 +229,11 @@ def create(config: StudyConfig, root: str | Path | None = None, verbose: int = 1
                                  f"nothing of the study was kept: free space and create it again") from None
 
 
-def resume(name: str, root: str | Path | None = None, verbose: int = 1, trials: int | None = None) -> Path:
+def resume(name: str, root: str | Path | None = None, verbose: int = 0, trials: int | None = None,
+           view: View | None = None) -> Path:
     """Continue the study `name` to its trial budget with its frozen settings; `trials` sets a new
-    budget first (a search study's: more trials extend it, fewer stop it sooner)."""
+    budget first (a search study's: more trials extend it, fewer stop it sooner). `view` and
+    `verbose` as for `create`."""
     store = StudyStore(find_study(name, root))
     with _driver(store.folder, name, "resume"):
         config = StudyConfig(**store.load_config())
@@ -214,7 +242,7 @@ def resume(name: str, root: str | Path | None = None, verbose: int = 1, trials: 
                 raise StudyError(f"--trials: a {config.kind} study's budget is its grid ({config.trials} trials)")
             config = StudyConfig(**dict(config.to_dict(), trials=trials))
             store.save_config(config.to_dict())
-        return _run(config, store, _prepare(config), verbose)
+        return _run(config, store, _prepare(config), verbose, view)
 
 
 def _discard_unstarted(store: StudyStore, config: StudyConfig, existed: bool) -> bool:
@@ -261,6 +289,8 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
     data = load_dataset(config.dataset, seed=config.seed, fraction=1.0 if config.target_size else config.fraction)
     if config.target_size:
         ladder(config.fraction, config.rungs, data.n_train)
+    if config.logger:   # its package, before the first trial
+        require_logger(config.logger)
     space = SPACES[config.kind](config, data)
     space.check_feasible(num_classes=data.num_classes, in_chans=data.in_chans, frames=data.frames)
     if config.storage:
@@ -270,7 +300,7 @@ def _prepare(config: StudyConfig) -> tuple[list, object, object]:
     return objectives, space, data
 
 
-def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int) -> Path:
+def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int, view: View | None = None) -> Path:
     objectives, space, data = prepared
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # "A new study created in RDB" is no news to the user
     bench = replay.bench_of(config)
@@ -285,20 +315,87 @@ def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int) -> Path
     def run() -> None:
         searcher = make_searcher(config, space, data, store, storage, objectives, bench, clock, fidelity)
         searcher.reconcile()
+        if bench is None:   # a replay trains nothing and keeps nothing
+            keeper = keeper_for(store.folder, config, objectives, store.trials().to_pylist())
+            if keeper is not None:
+                searcher.listeners.append(keeper.settle)
         warm_start(searcher, config, bench, data)
         assert config.trials is not None  # StudyConfig resolves it
-        remaining = config.trials - counted(store.trials().to_pylist())
-        if remaining > 0 and bench is not None:
-            replay_trials(config, searcher, bench, objectives, remaining, clock)
-        elif remaining > 0:
-            with connected(config.address, config.gpus_per_trial):
-                _tune(config, searcher, data, objectives, store, remaining, verbose, fidelity)
+        rows = store.trials().to_pylist()
+        remaining = config.trials - counted(rows)
+        progress = _progress(config, store, objectives, rows, view, clock) if view is not None and remaining > 0 else None
+        if progress is not None:   # every row, rejected points included
+            searcher.listeners.append(lambda row, result: progress.finished(row))
+        with _shown(progress):
+            if remaining > 0 and bench is not None:
+                replay_trials(config, searcher, bench, objectives, remaining, clock, progress)
+            elif remaining > 0:
+                with connected(config.address, config.gpus_per_trial):
+                    _tune(config, searcher, data, objectives, store, remaining, verbose, fidelity, progress)
         store.compact()
 
     # a replay's rows are written once, at its end (StudyStore.buffered): its trials take milliseconds
     with store.buffered() if bench is not None else contextlib.nullcontext():
         _no_space_is_one_line(run, config.name, str(store.folder))
     return store.folder
+
+
+def _progress(config: StudyConfig, store: StudyStore, objectives, rows: list[dict], view: View,
+              clock: Callable[[], datetime]) -> Progress:
+    """The progress model of this run: on the wall clock, or a replay's simulated one (no Ray logs then)."""
+    assert config.trials is not None  # StudyConfig resolves it
+    if isinstance(clock, replay.SimClock):
+        sim = clock
+        return Progress(config.trials, objectives, config.concurrency, rows, clock=lambda: sim.t, simulated=True,
+                        name=config.name, view=view)
+    return Progress(config.trials, objectives, config.concurrency, rows, name=config.name,
+                    logs=str(store.folder / "ray"), view=view)
+
+
+@contextlib.contextmanager
+def _shown(progress: Progress | None) -> Iterator[None]:
+    """The progress's view open for the block (closed however it ends)."""
+    if progress is None or progress.view is None:
+        yield
+        return
+    view = progress.view
+    view.open(progress)
+    try:
+        yield
+    finally:
+        view.close(progress)
+
+
+class _Starts:
+    """A replay's searcher telling `progress` of each trial it starts (live trials: `_Started`)."""
+
+    def __init__(self, searcher: LabSearch, progress: Progress):
+        self._searcher, self._progress = searcher, progress
+
+    def suggest(self, trial_id: str):
+        config = self._searcher.suggest(trial_id)
+        if isinstance(config, dict):
+            self._progress.started(config["number"])
+        return config
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._searcher, name)
+
+
+class _Started(tune.Callback):
+    """Tells `progress` of each live trial Tune starts."""
+
+    def __init__(self, progress: Progress):
+        self.progress: Progress | None = progress
+
+    def __getstate__(self) -> dict:   # Tune pickles its run config (tuner.pkl): the progress stays here
+        return {"progress": None}
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        if self.progress is not None:
+            self.progress.started(trial.config["number"])
 
 
 def _memory_check(config: StudyConfig, data: Dataset) -> Callable[[Spec], str | None] | None:
@@ -414,11 +511,13 @@ def make_searcher(config: StudyConfig, space, data, store: StudyStore, storage: 
                      fits=None if bench is not None else _memory_check(config, data), clock=clock, fidelity=fidelity)
 
 
-def replay_trials(config: StudyConfig, searcher: LabSearch, bench, objectives, remaining: int, clock) -> None:
+def replay_trials(config: StudyConfig, searcher: LabSearch, bench, objectives, remaining: int, clock,
+                  progress: Progress | None = None) -> None:
     """The trials of a replayed study, from its benchmark table in simulated time (lab.study.replay)."""
     traces = replay.traces(bench, config.epochs)
     try:
-        replay.simulate(searcher, make_scheduler(config, objectives), remaining, config.concurrency, traces, clock)
+        replay.simulate(searcher if progress is None else _Starts(searcher, progress), make_scheduler(config, objectives),
+                        remaining, config.concurrency, traces, clock)
     except KeyboardInterrupt:
         n = searcher.interrupt()
         raise StudyInterrupted(f"study {config.name!r} interrupted; {n} running trial(s) settled as interrupted "
@@ -428,18 +527,22 @@ def replay_trials(config: StudyConfig, searcher: LabSearch, bench, objectives, r
 
 
 def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, remaining: int, verbose: int,
-          fidelity: SizeFidelity | None = None) -> None:
+          fidelity: SizeFidelity | None = None, progress: Progress | None = None) -> None:
     # failed trials report no accuracy, epochs report no test accuracy: LabSearch reads what each
     # result has, so Tune must not insist that every result carries every objective
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Ctrl-C is the lab's to handle (Tune's handler would stop, save its own state and say
     # `Tuner.restore`): it reaches fit() as KeyboardInterrupt, and SIGTERM is made the same
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if config.logger:   # the trials log themselves (STUDY/logs): no second copy from Tune's CSV, JSON, TensorBoard loggers
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     scheduler = make_scheduler(config, objectives, fidelity)
     settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
                 "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
                 "cpus": config.cpus_per_trial, "teachers": str(store.folder / "teachers"),
-                "ladder": fidelity.fractions if fidelity is not None else None}
+                "ladder": fidelity.fractions if fidelity is not None else None,
+                "logger": config.logger, "logs": str(store.folder / "logs"), "study": config.name,
+                "weights": worker_settings(store.folder, config)}
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, settings=settings),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     tuner = tune.Tuner(
@@ -447,9 +550,12 @@ def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, rem
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.concurrency),
                                     scheduler=scheduler, num_samples=remaining, reuse_actors=True),
         run_config=tune.RunConfig(name=f"run-{datetime.now():%Y%m%d-%H%M%S}", storage_path=str(store.folder / "ray"),
-                                  verbose=verbose, log_to_file=True, stop=searcher.stopper()),
+                                  verbose=verbose, log_to_file=True, stop=searcher.stopper(),
+                                  callbacks=[_Started(progress)] if progress is not None else None),
     )
-    with _sigterm_as_interrupt(), _ray_quieted() as ray_noise:
+    # Tune silent (verbose 0): its reporter prints nothing, and Ray's log lines go to the study's ray/ folder
+    logs = store.folder / "ray" / RAY_LOG if verbose == 0 else None
+    with _sigterm_as_interrupt(), _ray_quieted(logs) as ray_noise, _tune_silent(verbose == 0):
         try:
             tuner.fit()
             if searcher.fatal is not None:   # recording failed: Tune was stopped (see LabSearch.fatal)
@@ -494,16 +600,82 @@ class _RayNoise(logging.Filter):
 
 
 @contextlib.contextmanager
-def _ray_quieted() -> Iterator[_RayNoise]:
+def _tune_silent(silent: bool) -> Iterator[None]:
+    """Tune's legacy output engine for the block when `silent`: its new one prints the experiment's
+    configuration box, its folder and a TensorBoard hint even at verbose=0; the legacy one prints
+    nothing at verbose=0 (its reporter reports only from verbosity 1)."""
+    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    if silent:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if silent and previous is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        elif silent and previous is not None:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = previous
+
+
+RAY_LOG = "driver.log"   # Ray's driver-side log lines of a study (in its ray/ folder), instead of the terminal
+
+
+class _LogFile(logging.FileHandler):
+    """Ray's records in a file, made at its first record; a record it cannot write (a full disk) is
+    dropped without logging's traceback on stderr."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True, encoding="utf-8")
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def _to_terminal(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+
+
+@contextlib.contextmanager
+def _ray_quieted(log: Path | None = None) -> Iterator[_RayNoise]:
+    """Ray's records condensed (`_RayNoise`) for the block, and with `log` every Ray logger that writes
+    to the terminal (the `ray` logger, which Tune's and Ray's modules propagate to) writes to `log`
+    instead: Tune's notices (a slow operation "may be a performance bottleneck", token authentication,
+    where its results are) stay with the study."""
     quiet = _RayNoise()
     loggers = [logging.getLogger(name) for name in _RAY_LOGGERS]
     for logger in loggers:
         logger.addFilter(quiet)
+    swapped: list[tuple[logging.Logger, list[logging.Handler]]] = []
+    handler = None
+    if log is not None:
+        with contextlib.suppress(OSError):   # a folder it cannot make: the handler drops what it cannot write
+            log.parent.mkdir(parents=True, exist_ok=True)
+        handler = _LogFile(log)
+        handler.addFilter(quiet)   # full-disk records of any Ray logger are counted, not written
+        names = ["ray", *(n for n in list(logging.root.manager.loggerDict) if n.startswith("ray."))]
+        for logger in (logging.getLogger(n) for n in names):
+            terminal = [h for h in logger.handlers if _to_terminal(h)]
+            if terminal or logger.name == "ray":   # the top one always: without a handler, Python's last resort prints
+                swapped.append((logger, terminal))
+                for h in terminal:
+                    logger.removeHandler(h)
+                logger.addHandler(handler)
+    ray_logger = logging.getLogger("ray")
+    propagates = ray_logger.propagate
+    if log is not None:   # nothing reaches the root logger's handlers (or the last resort's stderr) either
+        ray_logger.propagate = False
     try:
         yield quiet
     finally:
+        ray_logger.propagate = propagates
         for logger in loggers:
             logger.removeFilter(quiet)
+        for logger, terminal in swapped:
+            logger.removeHandler(cast(logging.Handler, handler))
+            for h in terminal:
+                logger.addHandler(h)
+        if handler is not None:
+            handler.close()
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ trials are the only state read: the same seed and history give the same points, 
 (a new sampler over the same storage) continues where the old one left off.
 
 How the lab tells Optuna (lab.study.search.tell): user attribute "state" is "complete", "pruned" or
-"rejected" (invalid, over budget, duplicate); rejected points carry a violated `budget` constraint.
+"rejected" (invalid, over budget, duplicate); rejected points (but duplicates) are pruned trials
+without values that carry a violated `budget` constraint.
 Rejected trials are never parents; for local search they still count as explored.
 Only Optuna's public API is used.
 """
@@ -81,8 +82,10 @@ def lab_state(trial: FrozenTrial) -> str:
     state = trial.user_attrs.get("state")
     if isinstance(state, str):
         return state
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and any(v > 0 for v in trial.constraints.values()):
+        return "rejected"   # pruned before training (complete in studies made before the lab named its metrics)
     if trial.state == TrialState.COMPLETE:
-        return "rejected" if any(v > 0 for v in trial.constraints.values()) else "complete"
+        return "complete"
     if trial.state == TrialState.PRUNED:
         return "pruned"
     return "failed" if trial.state == TrialState.FAIL else "running"
@@ -382,32 +385,45 @@ class LabGPSampler(optuna.samplers.BaseSampler):
     Optuna 5 reads `Trial.set_constraint` values itself (system attributes "constraints:NAME", the
     FrozenTrial's `constraints`), and its `constraints_func` is deprecated (and would store a second,
     index-named copy), so none is passed. But the lab sets the `budget` constraint only on rejected
-    points, and GPSampler requires every trial to have the same constraints; and a rejected point's
-    penalty values (val_top1 0, MACs 1e18 when unknown) would swamp its standardization. So the GP
-    sees a copy of the study (an in-memory one, public API only) in which a trial without the
-    constraint is feasible (0.0) and a rejected point's values are clipped to within one span of the
-    trained trials' values.
+    points, which it tells as pruned trials without values (GPSampler reads complete ones), and
+    GPSampler requires every trial to have the same constraints. So the GP sees a copy of the study
+    (an in-memory one, public API only) in which a trial without the constraint is feasible (0.0) and
+    a rejected point is complete with penalty values (`gp_view`).
     """
 
     def __init__(self, seed: int = 0, startup: int = 10):
         self.seed = int(seed)
         self._gp = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
         self._rngs: dict[int, np.random.Generator] = {}
+        self._last: tuple[int, tuple[optuna.Study, FrozenTrial]] | None = None   # the latest trial's view
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self._gp.infer_relative_search_space(study, trial)
+        # GPSampler's own rule (the complete trials' intersection, single-valued variables left out), on the
+        # view: rejected points are complete there, and they lack the variables their invalid points skipped
+        space = optuna.search_space.IntersectionSearchSpace().calculate(self._view(study, trial)[0])
+        return {name: d for name, d in space.items() if not d.single()}
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return {}
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        view, stand_in = self._view(study, trial)
+        return self._gp.sample_relative(view, stand_in, search_space)
+
+    def _view(self, study: optuna.Study, trial: FrozenTrial) -> tuple[optuna.Study, FrozenTrial]:
+        """The study as the GP reads it (`gp_view`), built once per trial (Optuna asks for the search space
+        and then the sample), and a stand-in for `trial` in it: GPSampler records its proposal on it."""
+        if self._last is not None and self._last[0] == trial.number:
+            return self._last[1]
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        trials = [t for t in trials if t.number != trial.number
+                  and (t.state != TrialState.PRUNED or lab_state(t) == "rejected")]   # not the scheduler's pruned ones
         view = optuna.create_study(directions=study.directions, sampler=optuna.samplers.RandomSampler(seed=0))
-        view.add_trials(gp_view([t for t in trials if t.number != trial.number]))
-        # a stand-in for `trial` in the view: GPSampler records its proposal on the trial it is given
-        stand_in = view.ask()
-        frozen = next(t for t in view.get_trials(deepcopy=False) if t.number == stand_in.number)
-        return self._gp.sample_relative(view, frozen, search_space)
+        view.add_trials(gp_view(trials, study.directions, study.metric_names))
+        asked = view.ask()
+        stand_in = next(t for t in view.get_trials(deepcopy=False) if t.number == asked.number)
+        self._last = (trial.number, (view, stand_in))
+        return view, stand_in
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -419,10 +435,17 @@ class LabGPSampler(optuna.samplers.BaseSampler):
         self._rngs.pop(trial.number, None)
 
 
-def gp_view(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+PENALTY = {"max": 0.0, "min": 1e18}   # the worst value of an objective, for a rejected point in the GP's view
+
+
+def gp_view(trials: Sequence[FrozenTrial], directions: Sequence[optuna.study.StudyDirection] = (),
+            names: Sequence[str] | None = None) -> list[FrozenTrial]:
     """Copies of `trials` as GPSampler can read them: every constraint any trial has, on every
-    complete trial (0.0, feasible, where it lacks it), and rejected points' objective values clipped
-    to [lo - span, hi + span] of the trained (complete) trials' values."""
+    complete trial (0.0, feasible, where it lacks it); rejected points (pruned, without values, in a
+    study of objectives `directions` named `names`) complete with penalty values: the worst value of
+    each objective, but for their MACs and params (user attributes) where those are objectives; and
+    rejected points' values clipped to [lo - span, hi + span] of the trained (complete) trials' values,
+    so that penalties do not swamp the GP's standardization."""
     keys = sorted({k for t in trials for k in t.constraints})
     trained = np.array([t.values for t in _complete(trials)], dtype=float)
     if len(trained):
@@ -431,6 +454,8 @@ def gp_view(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     out = []
     for t in trials:
         c = copy.deepcopy(t)
+        if c.state == TrialState.PRUNED and lab_state(t) == "rejected" and directions:
+            c.state, c.values = TrialState.COMPLETE, _penalties(t, directions, names)
         if c.state == TrialState.COMPLETE:
             for k in keys:
                 if k not in c.constraints:
@@ -438,4 +463,14 @@ def gp_view(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
             if len(trained) and lab_state(t) == "rejected" and c.values is not None:
                 c.values = list(np.clip(np.array(c.values, dtype=float), lo - span, hi + span))
         out.append(c)
+    return out
+
+
+def _penalties(trial: FrozenTrial, directions: Sequence[optuna.study.StudyDirection],
+               names: Sequence[str] | None) -> list[float]:
+    out = []
+    for i, direction in enumerate(directions):
+        known = trial.user_attrs.get(names[i]) if names and names[i] in ("macs", "params") else None
+        worst = PENALTY["max" if direction == optuna.study.StudyDirection.MAXIMIZE else "min"]
+        out.append(float(known) if isinstance(known, (int, float)) else worst)
     return out

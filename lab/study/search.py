@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +64,10 @@ class LabSearch(Searcher):
         self.study = optuna.create_study(
             storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=study_name,
             directions=["maximize" if sense == "max" else "minimize" for _, sense in objectives], load_if_exists=True)
+        if self.study.metric_names is None:   # a new study, or one made before the lab named them
+            with warnings.catch_warnings():   # experimental since Optuna 3.2, and what its tools read
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(metric_names(objectives))
         self._trials: dict[str, optuna.trial.Trial] = {}
         self._epochs: dict[str, list[dict]] = {}
         self._points: dict[str, dict] = {}
@@ -74,6 +79,10 @@ class LabSearch(Searcher):
         # so the searcher keeps it, stops suggesting and asks Tune to stop (`stopper`); the driver
         # raises it after fit(). Trials not recorded stay RUNNING in Optuna: resume settles them.
         self.fatal: BaseException | None = None
+        # called with every row the searcher records (a rejected point, a settled or interrupted trial) and
+        # the trial's final result (None but for a settled trial), after Optuna is told: the run's progress
+        # view and weights keeper (lab.study.progress, lab.study.weights)
+        self.listeners: list[Callable[[dict, dict | None], None]] = []
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save for Ray: the study's state is the Optuna database and the Parquet store,
@@ -145,6 +154,7 @@ class LabSearch(Searcher):
             row = self._row(trial.number, point, state="rejected", error=reason, started_at=self.now(), finished_at=self.now())
             self.store.write_trial(row)
             tell(self.study, trial, row, self.objectives, self._outcome(earlier))
+            self._recorded(row)
         raise StudyError(f"{MAX_REJECTS} points of space {self.lab_space.name!r} in a row were invalid, over "
                          f"budget or already tried: its feasible region is empty or tiny (widen the budget or the ranges)")
 
@@ -180,6 +190,7 @@ class LabSearch(Searcher):
                             started_at=info["started_at"], finished_at=self.now())
             self.store.write_trial(row)
             tell(self.study, trial, row, self.objectives)
+            self._recorded(row)
         return len(live)
 
     def reconcile(self) -> int:
@@ -212,6 +223,24 @@ class LabSearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("kind") == "epoch" and trial_id in self._epochs:
             self._epochs[trial_id].append({k: result.get(k) for k in ("epoch", "loss", "val_top1", "seconds", "n_train")})
+            if self.fatal is None:
+                try:
+                    self._report(trial_id)
+                except Exception as e:   # as in on_trial_complete: keep the first error, stop the study
+                    self.fatal = e
+
+    def _report(self, trial_id: str) -> None:
+        """Give Optuna the running trial's epochs: the user attribute CURVE (validation accuracy per epoch,
+        shown by optuna-dashboard as text), and in a single-objective study the objective per epoch as
+        intermediate values (`Trial.report`, which Optuna refuses in multi-objective studies). The step
+        is the trial's epoch count: the epoch, or in a --target-size trial the epochs over its sizes."""
+        trial, epochs = self._trials.get(trial_id), self._epochs[trial_id]
+        if trial is None:
+            return
+        trial.set_user_attr(CURVE, [None if e.get("val_top1") is None else round(float(e["val_top1"]), 4) for e in epochs])
+        (column, _), *more = self.objectives
+        if not more and epochs[-1].get(column) is not None:
+            trial.report(float(epochs[-1][column]), step=len(epochs))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # the epoch result on which the scheduler stopped a trial reaches only this method
@@ -246,6 +275,11 @@ class LabSearch(Searcher):
         self.store.write_epochs(trial.number, [{"number": trial.number, **e} for e in epochs])
         self.store.write_trial(row)   # the fragment first, Optuna second (see reconcile)
         tell(self.study, trial, row, self.objectives)
+        self._recorded(row, result)
+
+    def _recorded(self, row: dict, result: dict | None = None) -> None:
+        for listener in self.listeners:
+            listener(row, result)
 
     def _row(self, number: int, point: Point, state: str, error: str | None, started_at: datetime,
              finished_at: datetime, result: dict | None = None, epochs: list[dict] | None = None) -> dict:
@@ -256,7 +290,7 @@ class LabSearch(Searcher):
         row.update(
             number=number, state=state, error=error, text=point.text,
             arch_id=point.spec.arch_id if point.spec is not None else None,
-            family=result.get("family"), kinds=shape.get("kinds"), layout=shape.get("layout"), stem=shape.get("stem"),
+            kinds=shape.get("kinds"), layout=shape.get("layout"), stem=shape.get("stem"),
             params=point.params, macs=point.macs, res=point.spec.res if point.spec is not None else None,
             frames=point.spec.frames if point.spec is not None else None,
             hparams=_choices(point),
@@ -274,10 +308,8 @@ class LabSearch(Searcher):
                 row[key] = point.run[key]
         if self.fidelity is not None:
             row.update(self._sizes(number, result))
-        if point.family is not None:
-            row["family"] = point.family
-        elif row.get("family") is None and point.spec is not None:
-            row["family"] = family_of(point.spec)
+        if point.family is not None or point.spec is not None:   # the point's, not the worker's (a replayed
+            row["family"] = point.family or family_of(point.spec)  # table's may predate the vocabulary)
         return row
 
 
@@ -309,19 +341,33 @@ def _choices(point: Point) -> str:
     return json.dumps({"recipe": point.hparams, "vars": point.values}, sort_keys=True)
 
 
-PENALTY = {"max": 0.0, "min": 1e18}   # the worst value of an objective, for rejected points
+# the objective columns by the names a study's objectives are given in (--objectives val_acc:max,...)
+METRIC_NAMES = {"val_top1": "val_acc", "test_top1": "test_acc", "pred_top1": "pred_acc"}
+ATTRS = ("text", "arch_id", "macs", "params", "family", "kinds")   # the row's columns every Optuna trial carries
+CURVE = "val_acc_curve"   # the user attribute with a trial's validation accuracy per epoch
+
+
+def metric_names(objectives: list[tuple[str, str]]) -> list[str]:
+    """The names Optuna (`Study.set_metric_names`) and its tools show for `objectives`: val_acc, macs, ..."""
+    return [METRIC_NAMES.get(column, column) for column, _ in objectives]
 
 
 def tell(study: optuna.Study, trial: optuna.trial.Trial, row: dict, objectives: list[tuple[str, str]],
          original: optuna.trial.FrozenTrial | None = None) -> None:
-    """Tell Optuna how `trial` ended, as its store row says.
+    """Tell Optuna how `trial` ended, as its store row says, with the row's ATTRS, state and reason
+    as user attributes.
 
-    A rejected point (invalid or over budget; never trained) is a complete Optuna trial whose
-    `budget` constraint is violated, with the worst objective values (its known MACs and params
-    where they are objectives): TPE and NSGA-II learn to avoid the infeasible region instead of
-    proposing it again (they ignore failed trials). A duplicate of an earlier trial (`original`)
-    repeats that trial's outcome: the same point trained with the same seed, told again.
+    A rejected point (invalid, over budget, over memory; never trained) is a pruned Optuna trial
+    (stopped before its first step, without values) whose `budget` constraint is violated: TPE puts
+    it with the infeasible trials (it reads Optuna 5's constraints of complete and pruned trials
+    alike) and learns to avoid the region instead of proposing it again (it ignores failed trials);
+    lab.study.samplers reads the lab's "state"; and, having no values, it is never feasible nor on
+    the Pareto front of Optuna (`best_trials`, `optuna.visualization`) or optuna-dashboard (whose
+    best trials are the complete trials' front, constraints unread). A duplicate of an earlier trial
+    (`original`) repeats that trial's outcome: the same point trained with the same seed, told again.
     """
+    for key in ATTRS:
+        trial.set_user_attr(key, _plain(row.get(key)))
     trial.set_user_attr("state", row["state"])
     if row.get("error"):
         trial.set_user_attr("reason", str(row["error"])[:500])
@@ -333,15 +379,22 @@ def tell(study: optuna.Study, trial: optuna.trial.Trial, row: dict, objectives: 
             study.tell(trial, state=original.state if original.state.is_finished() else optuna.trial.TrialState.FAIL)
     elif row["state"] == "rejected":
         trial.set_constraint("budget", 1.0)
-        values = [v if m in ("macs", "params") and v is not None else PENALTY[sense]
-                  for v, (m, sense) in zip(values, objectives)]
-        study.tell(trial, values if len(values) > 1 else values[0])
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     elif row["state"] == "complete" and all(v is not None for v in values):
         study.tell(trial, values if len(values) > 1 else values[0])
     elif row["state"] == "pruned":
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON (what Optuna's storages keep): lists for tuples and arrays, Python numbers for numpy's."""
+    if hasattr(value, "tolist"):   # a numpy scalar or array
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def counted(rows: list[dict]) -> int:

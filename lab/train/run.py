@@ -9,7 +9,6 @@ final weights); `record()` evaluates the final weights and writes the run down (
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import resource
@@ -34,11 +33,14 @@ from lab.errors import TrainError
 from lab.grammar import Spec, scale
 from lab.interop.timm import init_weights
 from lab.memory import require_fits
+from lab.train import loggers
 from lab.train.checkpoint import load_checkpoint, save_run
 from lab.train.recipes import Recipe
 from lab.train.recipes import recipe as make_recipe
 
 if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
+
     from lab.train.module import Teacher
 
 RUNS_TABLE = "runs.parquet"
@@ -52,6 +54,7 @@ class RunResult:
     checkpoint: Path | None
     history: list[dict] = field(default_factory=list)   # per epoch: loss, val_top1
     init_note: str | None = None      # what a pretrained start loaded and adapted (init_weights' account)
+    log: str | None = None            # where the run's --logger log is (lab.train.loggers.where)
 
 
 class _Epochs:
@@ -143,6 +146,7 @@ class Prepared:
     seed: int
     started: datetime                 # when the run began (UTC, to the second): the run id's prefix
     distill_from: str | None = None   # as given, for the record
+    name: str | None = None           # the architecture as given when a string (its family: lab.catalog.family_of)
     init: str | None = None
     init_note: str | None = None      # what a pretrained start loaded and adapted
 
@@ -233,14 +237,16 @@ def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str
         recipe=rec, device=dev, dataset=ds, spec=spec, model=model, teacher=teacher, report=report,
         batch_size=batch, train_batches=train_batches, val_batches=ds.val.batches(256, shuffle=False, device=dev),
         train_aug=train_aug, eval_aug=eval_aug, seed=seed, started=started,
-        distill_from=str(distill_from) if distill_from is not None else None,
+        distill_from=str(distill_from) if distill_from is not None else None, name=arch if isinstance(arch, str) else None,
         init=str(init) if init is not None else None, init_note=init_note,
     )
 
 
-def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> Fitted:
+def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], None] | None = None,
+        logger: Logger | None = None) -> Fitted:
     """Train `prepared.model` with Lightning's Trainer: validation every `val_every`-th epoch and the
-    last, the EMA and the history as callbacks. A non-finite loss stops training (status "diverged")."""
+    last, the EMA and the history as callbacks. A non-finite loss stops training (status "diverged").
+    `logger` (lab.train.loggers) gets every epoch's metrics at step = the epoch."""
     import lightning as L  # lazy: start-up time
 
     from lab.train.callbacks import EMA, EpochHistory, ValidateLastEpoch  # lazy: start-up time
@@ -249,7 +255,15 @@ def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], N
     p, rec, dev = prepared, prepared.recipe, prepared.device
     module = LabModule(p.model, rec, p.dataset.num_classes, p.dataset.n_train, len(p.train_batches),
                        p.train_aug, p.eval_aug, p.seed, p.teacher)
-    history = EpochHistory(on_epoch)
+
+    def epoch_end(epoch: dict) -> None:
+        if logger is not None:   # the epoch's validation is the module's last when the epoch validated
+            lr = module.trainer.optimizers[0].param_groups[0]["lr"]
+            loggers.log_epoch(logger, epoch, module.last_val if epoch["val_top1"] is not None else None, lr)
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+    history = EpochHistory(epoch_end)
     callbacks: list[L.Callback] = [history, ValidateLastEpoch()]
     if rec.ema > 0:
         callbacks.append(EMA(rec.ema))
@@ -278,26 +292,42 @@ def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], N
                   last_val=module.last_val, train_seconds=history.train_seconds, images_seen=history.images_seen)
 
 
-def record(prepared: Prepared, fitted: Fitted, out: str | Path | None = "runs") -> RunResult:
+def new_run_id(prepared: Prepared) -> str:
+    """A run's unique id: its start time, arch_id and a random suffix (its checkpoint folder and log run name)."""
+    return f"{prepared.started:%Y%m%d-%H%M%S}-{prepared.spec.arch_id}-{uuid.uuid4().hex[:6]}"
+
+
+def hyperparameters(prepared: Prepared, run_id: str) -> dict:
+    """What a --logger records of a run before it trains: the point, its costs, the data, the recipe, the seed."""
+    p, spec = prepared, prepared.spec
+    return {"run_id": run_id, "text": spec.text, "arch_id": spec.arch_id, "family": family_of(spec, p.name),
+            "params": p.report.params, "macs": p.report.macs, "res": spec.res, "frames": spec.frames,
+            "dataset": p.dataset.name, "fraction": p.dataset.fraction, "n_train": p.dataset.n_train,
+            "batch_size": p.batch_size, "seed": p.seed, "device": str(p.device), "init": p.init,
+            "distill_from": p.distill_from, "recipe": p.recipe.to_dict()}
+
+
+def record(prepared: Prepared, fitted: Fitted, out: str | Path | None = "runs", run_id: str | None = None) -> RunResult:
     """Evaluate the final weights (val: the last epoch's validation, reused; test), build the run's
     row and, unless `out` is None, save the checkpoint in `out/RUN_ID/` (when the run is ok) and
-    append the row to `out/runs.parquet`. A diverged run gets its row too (status "diverged")."""
+    append the row to `out/runs.parquet`. A diverged run gets its row too (state "failed", error "diverged: ...")."""
     from lab.train.module import evaluate  # lazy: start-up time
 
     p, f, rec, ds, spec, dev = prepared, fitted, prepared.recipe, prepared.dataset, prepared.spec, prepared.device
-    run_id = f"{p.started:%Y%m%d-%H%M%S}-{spec.arch_id}-{uuid.uuid4().hex[:6]}"
+    run_id = run_id or new_run_id(p)
     val = test = {"top1": None, "top5": None, "loss": None}
     if f.status == "ok":
         # the weights have not changed since the last epoch's validation: reuse it
         val = f.last_val or evaluate(f.model, p.val_batches, p.eval_aug)
         test = evaluate(f.model, ds.test.batches(256, shuffle=False, device=dev), p.eval_aug)
     row = {
-        "run_id": run_id, "started_at": p.started, "status": f.status, "error": f.error,
-        "arch_id": spec.arch_id, "text": spec.text, "family": family_of(spec),
+        "run_id": run_id, "started_at": p.started, "state": "complete" if f.status == "ok" else "failed",
+        "error": None if f.status == "ok" else f"{f.status}: {f.error}",
+        "arch_id": spec.arch_id, "text": spec.text, "family": family_of(spec, p.name),
         "params": p.report.params, "macs": p.report.macs, "res": spec.res, "frames": spec.frames,
         "dataset": ds.name, "fraction": ds.fraction, "n_train": ds.n_train,
         "epochs": rec.epochs, "epochs_done": len(f.history), "batch_size": p.batch_size, "lr": rec.lr,
-        "recipe": rec.name, "recipe_json": json.dumps(rec.to_dict(), sort_keys=True), "seed": p.seed,
+        "recipe": rec.name, "recipe_fields": rec.to_dict(), "probe": None, "seed": p.seed,
         "distill_from": p.distill_from, "init": p.init, "shots": ds.shots,
         "val_top1": val["top1"], "val_top5": val["top5"], "test_top1": test["top1"], "test_top5": test["top5"],
         "loss": f.loss, "val_loss": val["loss"],
@@ -325,7 +355,8 @@ def train(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str |
           fraction: float = 1.0, seed: int = 0, res: int | None = None, distill_from: str | Path | None = None,
           init: str | None = None, new_head: bool = False, device: str = "auto",
           out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False,
-          on_epoch: Callable[[dict], None] | None = None, max_memory: int | None = None) -> RunResult:
+          on_epoch: Callable[[dict], None] | None = None, max_memory: int | None = None,
+          logger: str | Logger | None = None, log_dir: str | Path | None = None) -> RunResult:
     """Train `arch` (a name with multipliers, grammar text or a Spec) on `dataset` and record the run.
 
     `dataset` is a dataset string, or a loaded `lab.data.Dataset` (studies load it once per
@@ -336,17 +367,36 @@ def train(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str |
     classifier even when its shape fits). `on_epoch` is called after every epoch with
     {"epoch", "loss", "val_top1", "seconds"}; runs of more than 16 epochs validate every
     ceil(epochs / 16)-th epoch and the last (val_top1 is None on the others). A run
-    whose loss stops being finite is recorded with status "diverged" and raises TrainError; bad
+    whose loss stops being finite is recorded as failed (error "diverged: ...") and raises TrainError; bad
     input raises a LabError before anything is written, and so does a point whose estimated training
     memory (lab.memory) exceeds `max_memory` bytes (default: what the device has available).
+    `logger` logs the run (lab.train.loggers): tensorboard, csv, mlflow or wandb, in `log_dir`
+    (default OUT/logs, runs/logs when `out` is None) as a run named by its run_id in the
+    experiment "lab"; or a Lightning logger made by the caller.
     """
+    if isinstance(logger, str):   # an unknown kind or a missing package is refused before anything is done
+        loggers.require(logger)
     prepared = prepare(arch, dataset, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, fraction=fraction,
                        seed=seed, res=res, distill_from=distill_from, init=init, new_head=new_head, device=device,
                        data_root=data_root, max_memory=max_memory)
-    result = record(prepared, fit(prepared, progress, on_epoch), out)
-    if result.record["status"] != "ok":
+    run_id = new_run_id(prepared)
+    log = (loggers.make_logger(logger, log_dir or Path("runs" if out is None else out) / "logs", "lab", run_id)
+           if isinstance(logger, str) else logger)
+    if log is not None:
+        loggers.start(log, hyperparameters(prepared, run_id))
+    try:
+        fitted = fit(prepared, progress, on_epoch, log)
+        result = record(prepared, fitted, out, run_id)
+    except BaseException as e:
+        if log is not None:
+            loggers.abandon(log, stopped=isinstance(e, (KeyboardInterrupt, SystemExit)))
+        raise
+    if log is not None:
+        loggers.finish(log, result.record, fitted.status == "ok")
+        result.log = loggers.where(log)
+    if result.record["state"] != "complete":
         where = f"; recorded as {result.record['run_id']} in {Path(out) / RUNS_TABLE}" if out is not None else ""
-        failure = TrainError(f"training diverged: {result.record['error']}{where}")
+        failure = TrainError(f"training {result.record['error']}{where}")   # "training diverged: WHERE; ..."
         failure.record = result.record   # studies keep the row of a failed trial too
         raise failure
     return result
