@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
@@ -645,7 +645,7 @@ def _ray_quieted(log: Path | None = None) -> Iterator[_RayNoise]:
     loggers = [logging.getLogger(name) for name in _RAY_LOGGERS]
     for logger in loggers:
         logger.addFilter(quiet)
-    swapped: list[tuple[logging.Logger, list[logging.Handler]]] = []
+    swapped: list[tuple[logging.Logger, list[logging.Handler]]] = []   # each logger with its handlers as they were
     handler = None
     if log is not None:
         with contextlib.suppress(OSError):   # a folder it cannot make: the handler drops what it cannot write
@@ -656,7 +656,7 @@ def _ray_quieted(log: Path | None = None) -> Iterator[_RayNoise]:
         for logger in (logging.getLogger(n) for n in names):
             terminal = [h for h in logger.handlers if _to_terminal(h)]
             if terminal or logger.name == "ray":   # the top one always: without a handler, Python's last resort prints
-                swapped.append((logger, terminal))
+                swapped.append((logger, list(logger.handlers)))
                 for h in terminal:
                     logger.removeHandler(h)
                 logger.addHandler(handler)
@@ -670,10 +670,8 @@ def _ray_quieted(log: Path | None = None) -> Iterator[_RayNoise]:
         ray_logger.propagate = propagates
         for logger in loggers:
             logger.removeFilter(quiet)
-        for logger, terminal in swapped:
-            logger.removeHandler(cast(logging.Handler, handler))
-            for h in terminal:
-                logger.addHandler(h)
+        for logger, handlers in swapped:
+            logger.handlers[:] = handlers
         if handler is not None:
             handler.close()
 
