@@ -41,6 +41,16 @@ def _as_matrix(values, what: str = "values") -> np.ndarray:
     return array
 
 
+def row_values(rows: Sequence[dict], columns: Sequence[str]) -> np.ndarray:
+    """The (rows x columns) matrix of `rows`' values, NaN where one is missing or not a number (a NaN
+    objective keeps a row off every front: `pareto_mask`)."""
+    def number(v) -> float:
+        numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        return float(v) if numeric else np.nan
+
+    return np.array([[number(r.get(c)) for c in columns] for r in rows], dtype=float).reshape(len(rows), len(columns))
+
+
 def pareto_mask(values: np.ndarray | Sequence[Sequence[float]], senses: Sequence[str]) -> np.ndarray:
     """True for the non-dominated rows of `values` (rows x objectives)."""
     v = _as_matrix(values)

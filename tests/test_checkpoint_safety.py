@@ -89,7 +89,9 @@ def _safetensors_fails(monkeypatch) -> None:
     def save(*_args, **_kwargs):
         raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
 
-    monkeypatch.setattr(checkpoint_module, "save_file", save)
+    import lab.interop.weights as weights_module   # where checkpoints' safetensors files are written
+
+    monkeypatch.setattr(weights_module, "save_file", save)
 
 
 def _run_folder_mkdir_fails(monkeypatch) -> None:

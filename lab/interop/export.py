@@ -29,14 +29,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from lab.build import build
 from lab.errors import LabError, first_line
 from lab.files import atomic_write
 from lab.grammar import parse
-from lab.interop.weights import read_weights
+from lab.interop.weights import cpu_state, read_weights, write_safetensors
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".pt", "export": ".pt2", "onnx": ".onnx"}
 ATOL, RTOL = 1e-4, 1e-4   # how close an exported file's logits must be to the model's
@@ -148,8 +147,7 @@ def _hushed():
 
 
 def _safetensors(wrapped: Normalized, model: nn.Module, example: torch.Tensor, info: dict, tmp: str) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp, metadata={k: json.dumps(v) for k, v in info.items()})
+    write_safetensors(tmp, cpu_state(model), info)
 
 
 def _torchscript(wrapped: Normalized, model: nn.Module, example: torch.Tensor, info: dict, tmp: str) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
 
 from lab.cost import totals
 from lab.errors import TrainError, first_line
@@ -26,6 +28,17 @@ MAX_TEXT = 64 * 1024  # characters of grammar text: the catalog's largest points
 META_INTS = {"num_classes": (1, 100_000), "in_chans": (1, 1024), "res": (1, 8192)}
 REQUIRED = ("text", "num_classes", "in_chans", "res")   # what load_checkpoint builds from
 META_STRINGS = ("dataset", "recipe", "run_id", "lab_version")   # optional, informational
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s state dict as contiguous CPU tensors, the form every weights file holds."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def write_safetensors(path: str | Path, state: dict[str, torch.Tensor], meta: dict) -> None:
+    """A safetensors file at `path` holding `state`, with `meta` as its metadata (each value JSON, the form
+    `read_weights` reads back). Not atomic by itself: callers write through lab.files.atomic_write."""
+    save_file(state, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from lab.pareto import pareto_mask
+import numpy as np
+
+from lab.pareto import pareto_mask, row_values
 from lab.study.search import INTERRUPTED
 
 PERCENT = ("val_top1", "val_top5", "test_top1", "test_top5", "pred_top1")   # fractions shown as %
@@ -143,11 +145,8 @@ def estimate(remaining: int, mean: float | None, ages: Sequence[float], concurre
     return max(0.0, work) / min(concurrency, remaining)
 
 
-def _values(rows: Sequence[dict], objectives: Sequence[tuple[str, str]]) -> list[list[float]]:
-    def number(v) -> float:
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-
-    return [[number(r.get(column)) for column, _ in objectives] for r in rows]
+def _values(rows: Sequence[dict], objectives: Sequence[tuple[str, str]]) -> np.ndarray:
+    return row_values(rows, [column for column, _ in objectives])
 
 
 def front_size(rows: Sequence[dict], objectives: Sequence[tuple[str, str]]) -> int:

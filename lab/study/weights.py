@@ -29,16 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from safetensors.torch import save_file
 from torch import nn
 
 from lab import __version__
 from lab.data import Dataset
 from lab.errors import StudyError, first_line
 from lab.files import atomic_write
+from lab.interop.weights import cpu_state, write_safetensors
 from lab.memory import format_size, parse_size
-from lab.pareto import ALIASES, OBJECTIVE_COLUMNS, pareto_mask
+from lab.pareto import ALIASES, OBJECTIVE_COLUMNS, pareto_mask, row_values
 
 WEIGHTS_DIR = "weights"
 INDEX = "index.json"
@@ -79,7 +78,7 @@ def save_trial(settings: dict, number: int, model: nn.Module, record: dict, data
     ({"folder", "cap", "study"}: `worker_settings`) says; returns what its final result carries:
     weights_bytes, and weights_error when they were not written (over the cap, a full disk). Never
     raises: keeping weights is never a reason for a trial to fail."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = cpu_state(model)
     size = sum(t.numel() * t.element_size() for t in state.values())
     if size > settings["cap"]:
         return {"weights_bytes": size, "weights_error": f"over the cap: its weights take {format_size(size)}, "
@@ -91,7 +90,7 @@ def save_trial(settings: dict, number: int, model: nn.Module, record: dict, data
     path = weights_file(settings["folder"], number)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda p: save_file(state, p, metadata={k: json.dumps(v) for k, v in meta.items()}))
+        atomic_write(path, lambda p: write_safetensors(p, state, meta))
     except Exception as e:   # a full disk, a folder the worker cannot write (a cluster without the shared folder)
         return {"weights_bytes": size, "weights_error": f"not written ({type(e).__name__}: {first_line(e)[:200]})"}
     return {"weights_bytes": size}
@@ -111,18 +110,13 @@ class KeepPolicy:
         return f"top {self.keep_top} by {self.metric[0]}"
 
 
-def _values(rows: list[dict], columns: list[str]) -> np.ndarray:
-    return np.array([[np.nan if r.get(c) is None else float(r[c]) for c in columns] for r in rows],
-                    dtype=float).reshape(len(rows), len(columns))
-
-
 def wanted(rows: list[dict], policy: KeepPolicy) -> list[tuple[int, str]]:
     """The trials whose weights the study wants, in the order the cap honours: (number, why)."""
     done = [r for r in rows if r.get("state") == "complete"]
     if not done:
         return []
     columns, senses = [c for c, _ in policy.objectives], [s for _, s in policy.objectives]
-    values = _values(done, columns)
+    values = row_values(done, columns)
     front = [r for r, on in zip(done, pareto_mask(values, senses)) if on]
     sign = -1.0 if senses[0] == "max" else 1.0   # best first objective first, then the trial number
     order = [(r["number"], "pareto set") for r in sorted(front, key=lambda r: (sign * float(r[columns[0]]), r["number"]))]

@@ -10,7 +10,6 @@ file's weights, its metadata checked, is `lab.interop.weights.read_weights` (re-
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,14 +18,13 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 from torch import nn
 
 from lab.build import build
 from lab.errors import DataError, TrainError, first_line
 from lab.files import atomic_write, is_no_space
 from lab.grammar import parse
-from lab.interop.weights import read_weights
+from lab.interop.weights import cpu_state, read_weights, write_safetensors
 from lab.train.record import append_record
 
 if TYPE_CHECKING:
@@ -41,11 +39,10 @@ def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict) -> Path:
     """Write `folder/model.pt` and `folder/model.safetensors`; return the .pt path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = cpu_state(model)
     meta = {k: meta[k] for k in META_KEYS}
     pt = folder / "model.pt"
-    atomic_write(folder / "model.safetensors",
-                 lambda p: save_file(state, p, metadata={k: json.dumps(v) for k, v in meta.items()}))
+    atomic_write(folder / "model.safetensors", lambda p: write_safetensors(p, state, meta))
     atomic_write(pt, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
     return pt
 
