@@ -80,15 +80,16 @@ def take_indices(n: int, indices: int | Sequence[int] | None, what: str, points:
     return sorted(picked)
 
 
-def _as_map(x: torch.Tensor, s: Shape, layout: str, fmt: str) -> torch.Tensor:
-    """A stage's output as a map: (B, C, H, W), or (B, C, F, H, W) for a clip; tokens lose their
+def _as_map(x: torch.Tensor, s: Shape, layout: str, fmt: str, video: bool = False) -> torch.Tensor:
+    """A stage's output as a map: (B, C, H, W), or (B, C, F, H, W) for a clip (`video`: a video
+    model's maps keep their frame axis, also where a tubelet left one frame); tokens lose their
     class/distillation prefix and take the grid's (frame, row, column) order. `fmt` NHWC puts the
     channels last."""
     if layout == NLC:
         x = x[:, s.t:].reshape(x.shape[0], s.f, s.h, s.w, s.c).permute(0, 4, 1, 2, 3)
     else:  # a clip's maps travel as (B*F, C, H, W)
         x = x.reshape(-1, s.f, s.c, s.h, s.w).transpose(1, 2)
-    if s.f == 1:
+    if not video:
         x = x.squeeze(2)
     if fmt == "NHWC":
         x = x.movedim(1, -1)
@@ -172,7 +173,7 @@ class Net(nn.Module):
         def tap(y: torch.Tensor, p: FeaturePoint) -> None:
             if norm and p.stage == len(self.stages) - 1:
                 y = self.head[:self.head_norm](y)
-            out.append(_as_map(y, p.shape, p.layout, output_fmt))
+            out.append(_as_map(y, p.shape, p.layout, output_fmt, video=self.frames > 1))
 
         x = self._stem(x)
         for si, stage in enumerate(self.stages):

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from lab.grammar.format import format_kind
 from lab.grammar.spec import Spec
-from lab.grammar.trace import Step, trace
+from lab.grammar.trace import Step, frame_of, trace
 from lab.kinds import Cost
-from lab.kinds.base import NLC
+from lab.kinds.base import NLC, Block, Flow, Saved
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,31 @@ def totals(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> Cost:
     for step in steps(spec, num_classes, in_chans):
         total = total + step.cost
     return total
+
+
+def step_saved(step: Step, spec: Spec, flow: Flow) -> tuple[Saved, Flow]:
+    """What one step of the walk keeps for backward per image (each kind counts its own: Kind.saved,
+    Block.saved_stage), given the flow of its input; per-frame elements count one frame, times the frames."""
+    el, s = step.element, frame_of(step.element, step.shape_in)
+    if step.convert is not None:   # a layout conversion hands on a view or a fresh copy: nothing kept
+        flow = flow._replace(kept=False)
+    if isinstance(el, Block):
+        assert step.stage is not None  # a stage's step has its index
+        st = spec.stages[step.stage]
+        kept, out = el.saved_stage(s, st.width, st.depth, st.stride, flow)
+    else:
+        kept, out = el.saved(s, frame_of(el, step.shape_out), step.ctx, flow)
+    frames = step.shape_in.f if el.per_frame and step.shape_in.f > 1 else 1
+    return kept.times(frames), out
+
+
+def saved(spec: Spec, num_classes: int = 1000, in_chans: int = 3) -> tuple[Saved, ...]:
+    """Per step of the walk, the elements one image's training forward keeps for backward."""
+    flow, out = Flow(), []
+    for step in steps(spec, num_classes, in_chans):
+        kept, flow = step_saved(step, spec, flow)
+        out.append(kept)
+    return tuple(out)
 
 
 def _row_name(step: Step) -> str:

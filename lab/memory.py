@@ -1,30 +1,45 @@
 """How much memory a grammar point needs to train or to run, from the cost model, before anything is built.
 
-Training holds, for a batch of B images:
+Training one step at a batch of B images holds:
 
-    weights + gradients + optimizer state   (params x bytes each: 1 + 1 + 2 for AdamW, 1 + 1 + 1 for SGD
-                                            with momentum; + 1 for an EMA copy; + a half-precision copy
-                                            of the weights under mixed precision, autocast's cache)
-    + B x activations kept for backward     (SAVED_PER_ACT x the cost model's activations, plus the input
-                                            image, at the activation dtype's bytes)
+    weights + optimizer state               (params x bytes each: 1 + 2 for AdamW, 1 + 1 for SGD with
+                                            momentum; + 1 for an EMA copy; + a half-precision copy of
+                                            the weights under mixed precision, autocast's cache)
+    + gradients and activations together    (the most that backward holds at once: it frees each step's
+                                            saved tensors as it computes that step's gradients, last
+                                            step first, so the peak is where the activations of the
+                                            steps before some point and the gradients of those after
+                                            it coexist: the end of forward, the optimizer step, or in
+                                            between for a ResNet, whose activations sit early and
+                                            weights late)
+    + backward's working set                (TRANSIENT x what the largest unit keeps: its gradients in flight)
 
-times OVERHEAD (backward's transient gradient buffers, forward temporaries, allocator rounding).
+times OVERHEAD. The activations are what autograd keeps for backward, counted by each kind from its
+own structure (`Kind.saved`, `Block.saved_unit`, walked by `lab.cost.saved`): a conv's or linear's
+input, a norm's input, a ReLU's output, a SiLU's or GELU's input, max-pool indices (int64), attention's
+q, k, v, output and log-sum-exp, the attention matrices of window and neighbourhood attention, the
+depthwise and squeeze-excite maps of MBConv, each storage once. Under mixed precision they are kept
+at the half-precision dtype except where float32 stays (norm inputs on a residual stream that a
+float32 parameter joined: position embeddings, class tokens, layer scale; the portable neighbourhood
+kernel), plus the float32 batch beside its copy.
+
+Measured (benchmarks/memory_check.py, BENCHMARKS.md; tests/test_memory.py): the bytes that
+saved_tensors_hooks sees are 0.95-1.04 x the count for every family (ResNet, ResNeXt, WRN, RegNet,
+DenseNet, BiT, ConvNeXt, EfficientNet, ViT/DeiT, Mixer, Swin, NAT, the R50 hybrid), in float32 and
+under CPU bfloat16 autocast. The CPU allocator's peak during a full training step (forward, backward,
+AdamW step with its state allocated) over 26 points of those families at 32-64 px and batch 8-64 is
+0.86-1.19 x the estimate in float32 (median 0.99, all within 20%) and 0.87-1.32 x under bfloat16
+autocast (median 0.96, 24 of 26 within 20%: ConvNeXt's layer scale makes its stream float32, and
+backward's working set there is about twice the estimate's).
+
 Inference (probes, feature extraction) holds the weights and, per image, the largest working set of
-one element or one block: its input, its conv/linear outputs and its output, times OVERHEAD.
-
-Measured (tests/test_memory.py, CPU, float32, batch 16): the bytes of the tensors autograd saves for
-backward are 1.8-2.1 x the cost model's activations for ResNet-style, ViT, Mixer and ConvNeXt points,
-2.4 x for Swin and 3.3 x for MBConv (depthwise convs, SiLU and squeeze-excite save more per counted
-output): SAVED_PER_ACT = 2. The peak that torch's CPU allocator reaches during the first training
-step (forward, backward, AdamW step, the gradients and moments allocated) is 0.54-0.96 x the estimate
-for those points and bottleneck ResNets at batch 16 and 64; the process's RSS growth over one step of a
-ResNet, a ViT and a Mixer at 64 px and batch 64 (1.1-1.4 GB) is 0.76-1.04 x.
+one element or one block: its input, its conv/linear outputs and its output, times RUN_OVERHEAD.
 
 Ignored: the data set (lab keeps it in memory, on the device for CUDA runs), the process itself (the
-torch and CUDA libraries and context: a few hundred MB), a distillation teacher, attention matrices
-(SDPA's fused kernels keep none for backward; a kernel that materializes them needs B x heads x N^2
-more), the classifier's logits and the loss, cuDNN workspaces, and fragmentation beyond OVERHEAD.
-It is an order-of-magnitude guard (refuse a point that cannot fit), not a precise prediction.
+torch and CUDA libraries and context: a few hundred MB), a distillation teacher, the classifier's
+logits and the loss, cuDNN workspaces and the CUDA caching allocator's rounding and fragmentation
+(not measurable on this CPU machine), the GPU kernels' own choices (FlexAttention for neighbourhood
+attention on CUDA keeps less than the CPU kernels counted here).
 """
 
 from __future__ import annotations
@@ -37,18 +52,33 @@ from pathlib import Path
 
 import torch
 
-from lab.cost import steps
+from lab.cost import saved, steps
 from lab.errors import LabError, TrainError
 from lab.grammar.spec import Spec
 from lab.grammar.trace import Step
 from lab.kinds import Shape
+from lab.kinds.base import Saved
 
-SAVED_PER_ACT = 2.0   # elements autograd saves per activation the cost model counts (measured: 1.8-3.3)
-OVERHEAD = 1.25       # transient buffers and allocator rounding, on top of the sum
+OVERHEAD = 1.0        # training: allocator rounding and what the parts leave out, on top of the peak
+RUN_OVERHEAD = 1.25   # inference: forward temporaries and allocator rounding, on top of the working set
+TRANSIENT = 0.5       # backward's working set: this share of what the largest unit keeps (measured)
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 1, "none": 0}   # state tensors per parameter (SGD: momentum)
 # precision (Lightning's names) -> (bytes of a weight, gradient and optimizer state; bytes of an activation)
 PRECISIONS = {"32": (4, 4), "32-true": (4, 4), "bf16-mixed": (4, 2), "16-mixed": (4, 2),
               "bf16-true": (2, 2), "16-true": (2, 2), "64": (8, 8), "64-true": (8, 8)}
+MIXED = ("bf16-mixed", "16-mixed")   # autocast: float32 weights, half-precision compute
+# what a user may write for a training precision (--precision) -> its canonical name (a key of PRECISIONS)
+PRECISION_ALIASES = {"32": "32", "32-true": "32", "fp32": "32", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+                     "16": "16-mixed", "fp16": "16-mixed", "16-mixed": "16-mixed"}
+
+
+def precision_name(text: str, flag: str = "--precision") -> str:
+    """The canonical training precision of `text`: 32, bf16-mixed or 16-mixed (bf16 and 16 are aliases
+    of the mixed ones, fp32/32-true of 32). Anything else raises LabError naming `flag`."""
+    name = PRECISION_ALIASES.get(str(text).strip().lower())
+    if name is None:
+        raise LabError(f"{flag} {text!r}: expected 32, bf16-mixed (bf16) or 16-mixed (16)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -62,14 +92,20 @@ class MemoryEstimate:
     activations: int      # for the whole batch
     total: int
     optimizer: str = ""   # for training: whose state is counted
+    transient: int = 0    # for training: backward's working set (the gradients of one unit in flight)
+    together: int = 0     # for training: the most bytes of activations and gradients alive at once
 
     def describe(self) -> str:
         """'154 GB to train at batch 64 (weights, gradients and AdamW state 2.4 GB, ...)'."""
         state = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD momentum", "none": "no optimizer"}.get(self.optimizer)
-        kept = f"weights, gradients and {state} state" if self.what == "train" else "weights"
-        acts = "activations kept for backward" if self.what == "train" else "activations"
-        return (f"{format_size(self.total)} to {self.what} at batch {self.batch_size} ({kept} "
-                f"{format_size(self.weights)}, {acts} {format_size(self.activations)}, x{OVERHEAD} overhead)")
+        if self.what != "train":
+            return (f"{format_size(self.total)} to run at batch {self.batch_size} (weights "
+                    f"{format_size(self.weights)}, activations {format_size(self.activations)}, x{RUN_OVERHEAD} overhead)")
+        precision = "" if self.precision in ("32", "32-true") else f", precision {self.precision}"
+        return (f"{format_size(self.total)} to train at batch {self.batch_size}{precision} (weights, gradients and "
+                f"{state} state {format_size(self.weights)}, activations kept for backward "
+                f"{format_size(self.activations)}, at most {format_size(self.together)} of activations and "
+                f"gradients at once, backward's working set {format_size(self.transient)})")
 
 
 def _bytes(precision: str) -> tuple[int, int]:
@@ -83,6 +119,14 @@ def _numel(s: Shape) -> int:
     return s.c * s.tokens
 
 
+def _saved_bytes(kept: Saved, precision: str) -> int:
+    """Bytes of `kept` at `precision`: low elements at the activation dtype, full ones in float32 under
+    mixed precision (at the activation dtype otherwise), indices as int64."""
+    _, a_bytes = _bytes(precision)
+    full = 4 if precision in MIXED else a_bytes
+    return kept.low * a_bytes + kept.full * full + kept.int64 * 8
+
+
 def training_memory(spec: Spec, batch_size: int, num_classes: int = 1000, in_chans: int = 3, *,
                     precision: str = "32", optimizer: str = "adamw", ema: bool = False) -> MemoryEstimate:
     """The estimated peak bytes of one training step of `spec` at `batch_size` (see the module's docstring)."""
@@ -91,12 +135,30 @@ def training_memory(spec: Spec, batch_size: int, num_classes: int = 1000, in_cha
     w_bytes, a_bytes = _bytes(precision)
     walk = steps(spec, num_classes, in_chans)
     params = sum(s.cost.params for s in walk)
-    acts = sum(s.cost.acts for s in walk)
     copies = 2 + OPTIMIZER_STATES[optimizer] + int(ema)          # weights, gradients, state, EMA
-    weights = params * w_bytes * copies + (params * a_bytes if w_bytes != a_bytes else 0)  # + autocast's copy
-    activations = batch_size * a_bytes * math.ceil(SAVED_PER_ACT * acts + _numel(walk[0].shape_in))
-    return MemoryEstimate("train", batch_size, precision, weights, activations,
-                          math.ceil(OVERHEAD * (weights + activations)), optimizer)
+    weights = params * w_bytes * copies + (params * a_bytes if precision in MIXED else 0)  # + autocast's copy
+    kept = saved(spec, num_classes, in_chans)
+    image = _numel(walk[0].shape_in) * 4 if precision in MIXED else 0   # the float32 batch, beside its copy
+    acts = [batch_size * _saved_bytes(k, precision) for k in kept]
+    activations = sum(acts) + batch_size * image
+    unit = max(_saved_bytes(_unit(k, st, spec), precision) for k, st in zip(kept, walk))
+    transient = math.ceil(TRANSIENT * batch_size * unit)
+    # backward frees each step's saved tensors as it computes its gradients, last step first: the peak
+    # is at a boundary j where the activations of steps before j and the gradients of steps from j on
+    # coexist (j = len: the end of forward; j = 0: the optimizer step, every gradient computed)
+    grads = [s.cost.params * w_bytes for s in walk]
+    together = max(sum(acts[:j]) + sum(grads[j:]) for j in range(len(walk) + 1)) + batch_size * image
+    peak = weights - sum(grads) + together + transient
+    return MemoryEstimate("train", batch_size, precision, weights, activations, math.ceil(OVERHEAD * peak),
+                          optimizer, transient, together)
+
+
+def _unit(kept: Saved, step: Step, spec: Spec) -> Saved:
+    """What one unit of a stage (or one op) keeps: a stage's total over its depth."""
+    if step.section != "stage" or step.stage is None:
+        return kept
+    depth = spec.stages[step.stage].depth
+    return Saved(-(-kept.low // depth), -(-kept.full // depth), -(-kept.int64 // depth))
 
 
 def inference_memory(spec: Spec, batch_size: int, num_classes: int = 1000, in_chans: int = 3, *,
@@ -112,7 +174,7 @@ def inference_memory(spec: Spec, batch_size: int, num_classes: int = 1000, in_ch
 
     activations = batch_size * a_bytes * max(working_set(s) for s in walk)
     return MemoryEstimate("run", batch_size, precision, weights, activations,
-                          math.ceil(OVERHEAD * (weights + activations)))
+                          math.ceil(RUN_OVERHEAD * (weights + activations)))
 
 
 # --- the limit -------------------------------------------------------------------------

@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--classes", type=whole, default=None,
                       help="classes of the head (default: a named point's published head, else 1000)")
     show.add_argument("--in-chans", type=whole, default=3, help="input channels (default 3)")
+    show.add_argument("--batch-size", type=whole, default=64,
+                      help="batch size of the predicted training memory (default 64)")
+    show.add_argument("--precision", default="32",
+                      help="precision of the predicted training memory: 32 (default), bf16-mixed (bf16) or 16-mixed (16)")
     show.add_argument("--json", action="store_true", help="a JSON object")
     show.set_defaults(run=run_show)
 
@@ -42,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--rounds", type=whole, default=3, help="rounds (the median is reported)")
     bench.add_argument("--vs", choices=["timm"], help="also time the reference implementation and print ratios")
     bench.add_argument("--channels-last", action="store_true", help="run both models in channels-last memory format")
+    bench.add_argument("--precision", default="32",
+                       help="32 (default), bf16-mixed (bf16) or 16-mixed (16): both models' forward and loss under "
+                            "autocast; auto: bf16-mixed on a GPU that has it")
+    bench.add_argument("--compile", action="store_true",
+                       help="both models through torch.compile (the compilation's seconds are reported apart)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(run=run_bench)
 
@@ -94,6 +103,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     from lab import catalog  # lazy: start-up time
     from lab.cost import cost  # lazy: start-up time
+    from lab.memory import precision_name, training_memory  # lazy: start-up time
     from lab.report.jsonable import to_json  # lazy: start-up time
 
     spec = catalog.resolve(args.ref)
@@ -102,7 +112,12 @@ def run_show(args: argparse.Namespace) -> int:
     entry = catalog.entries().get(base) if base else None
     if args.classes is None:
         args.classes = entry.classes if entry else 1000
+    precision = precision_name(args.precision, "--precision")
     info = _summary(name, spec, entry, args.classes, args.in_chans)
+    mem = training_memory(spec, args.batch_size, args.classes, args.in_chans, precision=precision)
+    info["memory"] = {"batch_size": args.batch_size, "precision": precision, "optimizer": mem.optimizer,
+                      "total": mem.total, "weights": mem.weights, "activations": mem.activations,
+                      "together": mem.together, "transient": mem.transient}
     if entry and entry.timm:
         info["timm_layout"] = _timm_layout(entry.timm)
     rep = cost(spec, args.classes, args.in_chans)
@@ -132,6 +147,7 @@ def run_show(args: argparse.Namespace) -> int:
              f"{s['macs'] / 1e9:.3f}") for s in stages]
     rows.append(("total", "", "", "", "", f"{rep.params / 1e6:.3f}", f"{rep.gmacs:.3f}"))
     print(render(["stage", "block", "depth", "out", "channels", "params(M)", "GMACs"], rows, "<<>>>>>"))
+    print(f"\ntraining memory (predicted, AdamW): {mem.describe()}")
     return 0
 
 
@@ -140,14 +156,20 @@ def run_bench(args: argparse.Namespace) -> int:
     from lab.report.jsonable import to_json  # lazy: start-up time
 
     result = compare(args.ref, res=args.res, batch=args.batch, device=args.device, steps=args.steps,
-                     rounds=args.rounds, vs_timm=args.vs == "timm", channels_last=args.channels_last)
+                     rounds=args.rounds, vs_timm=args.vs == "timm", channels_last=args.channels_last,
+                     precision=args.precision, compile=args.compile)
     if args.json:
         print(to_json(result, indent=1))
         return 0
-    rows = [(who, f"{m['train_ips']:.1f}", f"{m['infer_ips']:.1f}", f"{m['peak_mb']:.0f}")
-            for who, m in result["runs"].items()]
-    print(f"{args.ref} at {result['res']}px, batch {args.batch}, {result['device']}, median of {args.rounds} rounds")
-    print(render(["model", "train img/s", "infer img/s", "peak MB"], rows, "<>>>"))
+    compiled = result["compile"]
+    rows = [(who, f"{m['train_ips']:.1f}", f"{m['infer_ips']:.1f}", f"{m['peak_mb']:.0f}",
+             *([f"{m['compile_s']:.1f}"] if compiled else [])) for who, m in result["runs"].items()]
+    settings = ", ".join([result["precision"], *(["compiled"] if compiled else []),
+                          *(["channels_last"] if result["channels_last"] else [])])
+    print(f"{args.ref} at {result['res']}px, batch {args.batch}, {result['device']}, {settings}, "
+          f"median of {args.rounds} rounds")
+    print(render(["model", "train img/s", "infer img/s", "peak MB", *(["compile s"] if compiled else [])], rows,
+                 "<>>>>" if compiled else "<>>>"))
     if "ratio" in result:
         r = result["ratio"]
         print(f"lab/timm: train {r['train']:.3f}x, inference {r['infer']:.3f}x, peak memory {r['peak']:.3f}x")

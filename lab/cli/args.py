@@ -35,3 +35,16 @@ number = bounded(float, lambda x: True, "a number")
 # bootstrap settings shared by `lab scale fit` and `lab study report`
 samples = bounded(int, lambda n: n >= 0, "a whole number >= 0")
 level = bounded(float, lambda x: 0 < x < 1, "a confidence level in (0, 1), e.g. 0.95")
+
+
+def gpu_share(text: str) -> float | str:
+    """--gpus-per-trial: a number of GPUs (fractions allowed), or auto (each trial's predicted memory's share)."""
+    if text == "auto":
+        return text
+    try:
+        value = number(text)
+    except argparse.ArgumentTypeError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-negative number of GPUs, or auto")
+    return value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lab.cli.args import ROOT_HELP, level, number, samples, whole
+from lab.cli.args import ROOT_HELP, gpu_share, level, number, samples, whole
 from lab.errors import LabError
 from lab.report.jsonable import to_json
 
@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--batch-size", type=whole, default=64)
     build.add_argument("--concurrency", type=whole, default=2, help="trials at once (default 2)")
     build.add_argument("--cpus-per-trial", type=number, default=1.0)
-    build.add_argument("--gpus-per-trial", type=number, default=0.0)
+    build.add_argument("--gpus-per-trial", type=gpu_share, default=0.0,
+                       help="GPUs per trial, or auto (by predicted memory, as `lab study create`)")
+    build.add_argument("--gpu-memory", help="--gpus-per-trial auto: one GPU's memory to pack by (default: probed)")
     build.add_argument("--address", help="Ray cluster address (default: Ray on this machine)")
     build.add_argument("--surrogate", default="gp", help="the surrogate whose held-out quality is printed (gp, rf, knn)")
     build.add_argument("--root", help=ROOT_HELP)
@@ -81,7 +83,8 @@ def run_build(args: argparse.Namespace) -> int:
                        view=None if args.json else study_view(args.quiet, args.verbose),
                        dataset=args.dataset, fraction=args.fraction, epochs=args.epochs, seed=args.seed,
                        recipe=args.recipe, batch_size=args.batch_size, concurrency=args.concurrency,
-                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address)
+                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, gpu_memory=args.gpu_memory,
+                       address=args.address)
     bench = load_bench(path)
     held_out = quality(bench.table, model=args.surrogate)
     info = {"bench": str(path), "points": bench.table.num_rows, "bytes": path.stat().st_size,

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from lab.cli.args import ROOT_HELP, level, number, samples, whole
+from lab.cli.args import ROOT_HELP, gpu_share, level, number, samples, whole
 from lab.errors import StudyError
 from lab.report.jsonable import to_json
 from lab.report.table import render
@@ -18,10 +18,13 @@ SETTINGS = {
     "kind": str, "archs": str, "fractions": str, "seeds": int, "epochs_policy": str, "space": str, "dataset": str, "trials": int,
     "objectives": str, "epochs": int, "fraction": float,
     "res": int, "recipe": str, "name": str, "sampler": str, "scheduler": str, "storage": str, "address": str,
-    "cpus_per_trial": float, "gpus_per_trial": float, "concurrency": int, "max_memory": str, "seed": int, "batch_size": int,
+    "cpus_per_trial": float, "gpus_per_trial": float, "gpu_memory": str, "device": str, "concurrency": int,
+    "max_memory": str, "seed": int, "batch_size": int,
     "backend": str, "target_size": int, "rungs": int, "logger": str,
     "keep_top": int, "keep_metric": str, "weights_cap": str,
+    "precision": str, "compile": bool, "channels_last": bool,
 }
+FLAG_TYPES = {"gpus_per_trial": gpu_share}   # the settings whose flags take more than their field's type (auto)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +50,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "scheduler": "asha (default; on the objectives' Pareto rank) or fifo",
         "storage": "Optuna storage URL (default: sqlite in the study folder)",
         "address": "Ray cluster address (default: Ray on this machine)", "cpus_per_trial": "CPUs per trial (default 1)",
-        "gpus_per_trial": "GPUs per trial, fractions allowed (default 0)",
+        "precision": "each trial's precision: auto (default: bf16-mixed on a GPU that has it, else 32), 32, "
+                     "bf16-mixed (bf16) or 16-mixed (16)",
+        "compile": "each trial's training step through torch.compile (its first step compiles; worth it for long trials "
+                   "only, BENCHMARKS.md)",
+        "channels_last": "channels_last memory format for each trial (default: conv points on a GPU)",
+        "gpus_per_trial": "GPUs per trial, fractions allowed (default 0), or auto: each trial the GPU fraction its "
+                          "predicted training memory needs (x1.2 + 500 MB, in 1/16ths); a point over one GPU is "
+                          "rejected untrained",
+        "gpu_memory": "--gpus-per-trial auto: one GPU's memory to pack by, e.g. 80GB (default: probed on Ray's GPUs, "
+                      "the smallest)",
+        "device": "where trials train: auto (default: CUDA for trials given GPUs), cuda or cpu (cpu with GPUs: Ray "
+                  "still packs by GPU shares, e.g. on logical GPUs)",
         "concurrency": "trials at once (default 2)",
         "max_memory": "training memory a trial may use, e.g. 4GiB (default: for trials on this machine's CPUs, its "
                       "available memory / --concurrency); a sampled point predicted to need more is rejected untrained",
@@ -69,7 +83,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "set's best-first-objective trials come first",
     }
     for field, kind in SETTINGS.items():
-        create.add_argument("--" + field.replace("_", "-"), dest=field, type={int: whole, float: number}.get(kind, kind),
+        if kind is bool:   # --compile / --no-compile
+            create.add_argument("--" + field.replace("_", "-"), dest=field, action=argparse.BooleanOptionalAction,
+                                default=None, help=helps[field])
+            continue
+        create.add_argument("--" + field.replace("_", "-"), dest=field,
+                            type=FLAG_TYPES.get(field) or {int: whole, float: number}.get(kind, kind),
                             default=None, help=helps[field])
     create.add_argument("--recipe-file", help="a study recipe (studies/NAME.yaml); flags override its settings")
     _common(create)
@@ -255,18 +274,24 @@ def _print_summary(folder: Path, json_out: bool) -> int:
         print(f"ranked by the val top-1 predicted at {target:,} training images (95% interval) from each trial's "
               f"ladder of sizes")
     headers = ["#", *([f"predicted at {target:,}", "sizes"] if target else []), "val top-1", "test top-1", "MMACs",
-               "params (M)", "kinds", "text"]
+               "params (M)", "memory", "kinds", "text"]
+    from lab.memory import format_size  # lazy: start-up time
+
+    def memory(r: dict) -> str:   # predicted training bytes; null (NaN in the frame) in tables from before it
+        m = r.get("memory")
+        return "" if m is None or m != m else format_size(m)
+
     table = []
     for r in info["pareto"]:
         predicted = [f"{pct(r.get('pred_top1'))} [{pct(r.get('pred_top1_lo'))}, {pct(r.get('pred_top1_hi'))}]",
                      ",".join(str(n) for n in (r.get("sizes") if r.get("sizes") is not None else []))] if target else []
         table.append([str(r["number"]), *predicted, pct(r.get("val_top1")), pct(r.get("test_top1")),
                       f"{r['macs'] / 1e6:.2f}" if r.get("macs") is not None else "",
-                      f"{r['params'] / 1e6:.3f}" if r.get("params") is not None else "",
+                      f"{r['params'] / 1e6:.3f}" if r.get("params") is not None else "", memory(r),
                       ",".join(list(r["kinds"]) if r.get("kinds") is not None else []), r.get("text") or ""])
     # the text whole: wrapped to a terminal's width, on one line elsewhere (a file, a pipe: grep finds it)
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    print(render(headers, table, align="<>>>>>><<" if target else "<>>>><<", wrap=-1, width=width)
+    print(render(headers, table, align="<>>>>>>><<" if target else "<>>>>><<", wrap=-1, width=width)
           if table else "(no complete trials yet)")
     return 0
 

@@ -36,6 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-memory", metavar="SIZE",
                    help="refuse a point whose estimated training memory exceeds SIZE (8GiB, 500MB; "
                         "default: what the device has available), before it is built")
+    p.add_argument("--precision", default="auto",
+                   help="auto (default: bf16-mixed on a GPU that has it, else 32), 32, bf16-mixed (bf16) or 16-mixed (16)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training step through torch.compile (its first step compiles: compile_seconds)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="model and inputs in channels_last memory format (default: a conv point on a GPU)")
+    p.add_argument("--decoder", default="pil", choices=["pil", "cuda"],
+                   help="imagefolder/parquet images: pil (default; in DataLoader workers) or cuda (JPEGs on the GPU, nvjpeg)")
     p.add_argument("--out", default="runs", help="folder of checkpoints and runs.parquet (default runs)")
     p.add_argument("--data-root", help="where downloadable datasets live (default $LAB_DATA or ~/.cache/lab/data)")
     p.add_argument("--logger", metavar="KIND",
@@ -76,7 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
                    lr=args.lr, fraction=args.fraction, seed=args.seed, res=args.res,
                    distill_from=args.distill_from, init=args.init, device=args.device, out=args.out, data_root=args.data_root,
                    progress=not args.no_progress and sys.stderr.isatty(), max_memory=max_memory,
-                   logger=args.logger, log_dir=args.log_dir)
+                   logger=args.logger, log_dir=args.log_dir, precision=args.precision, compile=args.compile,
+                   channels_last=args.channels_last, decoder=args.decoder)
     if args.json:
         print(to_json(result.record))
     else:

@@ -78,6 +78,14 @@ def decode_many(n: int, fetch: Callable[[int], tuple[Source, str]], size: int, m
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def headers(n: int, fetch: Callable[[int], tuple[Source, str]], threads: int = 0) -> list[tuple[int, int, str]]:
+    """(width, height, mode) of n images from their headers, `threads` reading in parallel."""
+    def one(i: int) -> tuple[int, int, str]:
+        return header(*fetch(i))
+
+    return _pool_map(one, n, threads)
+
+
 class Scan:
     """What the headers of a set of images say: the sizes seen (with an example of each) and
     whether every image is grayscale. Filled by `add`, possibly in several rounds."""
@@ -94,6 +102,12 @@ class Scan:
         for w, h, mode, what in _pool_map(one, n, threads):
             self.sizes.setdefault((w, h), what)
             self.gray = self.gray and mode in GRAY_MODES
+
+    def note(self, sizes: dict[tuple[int, int], str], modes: list[str]) -> None:
+        """Add what headers read earlier said (the sizes with an example each, the modes seen)."""
+        for wh, what in sizes.items():
+            self.sizes.setdefault(wh, what)
+        self.gray = self.gray and all(m in GRAY_MODES for m in modes)
 
     @property
     def mode(self) -> str:
@@ -113,3 +127,91 @@ class Scan:
         shown = ", ".join(f"{w}x{h} in {what}" for (w, h), what in sorted(self.sizes.items())[:2])
         raise DataError(f"{name}: images are not all squares of one size ({shown}...); "
                         "pass size=N to resize and centre-crop them to NxN")
+
+
+# ---------------------------------------------------------------- decoding with torchvision (CUDA)
+
+DECODERS = ("pil", "cuda")
+JPEG_MAGIC = b"\xff\xd8\xff"
+DEVICE_CHUNK = 2048  # images decoded on the device per call when a whole dataset is read
+
+
+def check_decoder(decoder: object, name: str) -> str:
+    """`decoder` if known and usable here: "cuda" needs a CUDA device (else one-line DataError)."""
+    if decoder not in DECODERS:
+        raise DataError(f"{name}: unknown decoder {decoder!r} (known: {', '.join(DECODERS)})")
+    if decoder == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"{name}: decoder 'cuda' needs a CUDA device and torch sees none; use decoder 'pil' "
+                        "(files decoded by PIL in DataLoader workers)")
+    return str(decoder)
+
+
+def _bytes(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8)  # a writable copy: frombuffer warns on bytes
+
+
+def _on_cpu(blob: bytes, what: str, size: int, mode: str) -> torch.Tensor:
+    """uint8 (C, H, W) by torchvision.io.decode_image; PIL (already fitted) for what it cannot read."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        img = decode_image(_bytes(blob), mode=ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB)
+        if img.dtype == torch.uint8:
+            return img
+    except (RuntimeError, ValueError):  # a format torchvision's decoders lack (BMP, TIFF...): PIL's turn
+        pass
+    return torch.from_numpy(decode(blob, size, mode, what)).permute(2, 0, 1)
+
+
+def fit(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> (B, C, size, size): the centred square of side min(H, W), resized
+    (bilinear, antialiased when shrinking), as PIL's `ImageOps.fit` does."""
+    h, w = images.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = images[..., top : top + s, left : left + s]
+    if s == size:
+        return square
+    x = torch.nn.functional.interpolate(square.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                        antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decode_on(blobs: list[tuple[bytes, str]], size: int, mode: str, device: str | torch.device) -> torch.Tensor:
+    """uint8 (n, C, size, size) on `device` from `(encoded bytes, name for errors)`: the JPEGs by
+    one batched `torchvision.io.decode_jpeg(device=...)` (nvjpeg on CUDA; one by one, then on the
+    CPU, for any it rejects), the other formats on the CPU by `torchvision.io.decode_image` (PIL
+    where torchvision cannot), each fitted to size x size on the device."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    read_mode = ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB
+    images: list[torch.Tensor | None] = [None] * len(blobs)
+    jpegs = [i for i, (b, _) in enumerate(blobs) if bytes(b[:3]) == JPEG_MAGIC]
+    if jpegs:
+        datas = [_bytes(blobs[i][0]) for i in jpegs]
+        try:
+            decoded = list(decode_jpeg(datas, mode=read_mode, device=device))
+        except RuntimeError:  # one bad file fails the batch: find it (and decode it elsewhere)
+            decoded = [_one_jpeg(d, read_mode, device) for d in datas]
+        for i, im in zip(jpegs, decoded, strict=True):
+            images[i] = im
+    for i, (b, what) in enumerate(blobs):
+        if images[i] is None:
+            images[i] = _on_cpu(b, what, size, mode).to(device)
+    out = torch.empty(len(blobs), 1 if mode == "L" else 3, size, size, dtype=torch.uint8, device=device)
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        shapes.setdefault(tuple(im.shape), []).append(i)  # type: ignore[union-attr]
+    for at in shapes.values():  # one resize per distinct shape
+        out[torch.tensor(at, device=device)] = fit(torch.stack([images[i] for i in at]), size)
+    return out
+
+
+def _one_jpeg(data: torch.Tensor, read_mode, device: torch.device) -> torch.Tensor | None:
+    from torchvision.io import decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=read_mode, device=device)
+    except RuntimeError:
+        return None  # decoded on the CPU instead (or named there, if no decoder can read it)

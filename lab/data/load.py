@@ -12,6 +12,7 @@ import torch
 
 from lab.data import imagefolder, moving, parquet, synthetic, vision
 from lab.data.dataset import Dataset, assemble
+from lab.data.decode import DECODERS, check_decoder
 from lab.data.split import check_fraction, stratified_split
 from lab.errors import DataError
 
@@ -105,6 +106,7 @@ def load_dataset(
     root: str | os.PathLike | None = None,
     size: int | None = None,
     memory_budget: int = 2**31,
+    decoder: str = "pil",
 ) -> Dataset:
     """Load a dataset by name (see `FORMS`) with its fixed train/val/test split, keeping a
     seeded, stratified, nested `fraction` of the training split.
@@ -114,6 +116,8 @@ def load_dataset(
     (None: their own, when all are equal squares); datasets of one fixed size keep it (the
     augmentation resizes batches to the model's resolution). `memory_budget`: bytes of decoded uint8 images up to
     which an imagefolder/parquet dataset is decoded once into memory; above it, it streams.
+    `decoder` (imagefolder/parquet): "pil" (PIL, in DataLoader worker processes when streaming) or
+    "cuda" (JPEGs by torchvision's nvjpeg decoder on the GPU; a DataError without CUDA).
     """
     kind, arg = _parse(name)
     fraction = check_fraction(fraction)
@@ -121,16 +125,18 @@ def load_dataset(
     memory_budget = _int(memory_budget, "memory_budget", 0)
     common: dict[str, Any] = dict(seed=seed, fraction=fraction)
 
+    if decoder not in DECODERS:
+        raise DataError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if kind in ("imagefolder", "parquet"):
         if kind == "imagefolder":
             path = os.path.abspath(os.path.expanduser(arg))
             canonical = f"imagefolder:{path}"
-            files = imagefolder.load(canonical, path, size, memory_budget)
+            files = imagefolder.load(canonical, path, size, memory_budget, check_decoder(decoder, canonical))
         else:
             raw, options = parquet.parse(arg)
             path = os.path.abspath(os.path.expanduser(raw))
             canonical = parquet.canonical(path, options)
-            files = parquet.load(canonical, path, options, size, memory_budget)
+            files = parquet.load(canonical, path, options, size, memory_budget, check_decoder(decoder, canonical))
         parts = stratified_split(files.labels, 0.1, 0.1)
         source = dict(images=files.images) if files.images is not None else dict(reader=files.reader)
         return assemble(

@@ -12,8 +12,9 @@ from urllib.parse import parse_qsl
 import numpy as np
 import torch
 
+from lab.data import index
 from lab.data.decode import Scan, decode_many
-from lab.data.imagefolder import Files, fits
+from lab.data.imagefolder import Files, fits, on_device
 from lab.errors import DataError, first_line
 
 OPTIONS = {"image": "image", "label": "label"}  # option -> default column
@@ -42,7 +43,8 @@ def _files(name: str, path: str) -> list[str]:
         return [path]
     if not os.path.isdir(path):
         raise DataError(f"{name}: no such file or directory {path}")
-    found = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".parquet"))
+    found = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                   if f.endswith(".parquet") and not f.startswith("."))
     if not found:
         raise DataError(f"{name}: no .parquet files in {path}")
     return found
@@ -54,10 +56,11 @@ class ParquetReader:
 
     CACHE = 8  # row groups kept per process
 
-    def __init__(self, name: str, files: Sequence[str], image: str, size: int, mode: str):
+    def __init__(self, name: str, files: Sequence[str], image: str, size: int, mode: str, decoder: str = "pil"):
         import pyarrow.parquet as pq
 
         self.name, self.files, self.image, self.size, self.mode = name, list(files), image, size, mode
+        self.decoder = decoder
         self.groups: list[tuple[int, int, int]] = []  # (file, row group, first global row)
         start = 0
         for f, file in enumerate(self.files):
@@ -109,7 +112,21 @@ class ParquetReader:
 
         return get
 
+    def encoded(self, items: Sequence[int]) -> list[tuple[bytes, str]]:
+        """(image bytes, row name) of those rows: no decoding (a worker's part for decoder "cuda")."""
+        idx = np.asarray(list(items), dtype=np.int64)
+        out: list = [None] * len(idx)
+        groups = np.searchsorted(self.starts, idx, side="right") - 1
+        for group in np.unique(groups):
+            at = np.flatnonzero(groups == group)
+            get = self.fetch(int(group), idx[at].tolist())
+            for j, a in enumerate(at.tolist()):
+                out[a] = get(j)
+        return out
+
     def read(self, items: Sequence[int], threads: int = 1) -> torch.Tensor:
+        if self.decoder == "cuda":
+            return on_device(self, list(items))
         idx = np.asarray(list(items), dtype=np.int64)
         out = torch.empty(len(idx), 1 if self.mode == "L" else 3, self.size, self.size, dtype=torch.uint8)
         groups = np.searchsorted(self.starts, idx, side="right") - 1
@@ -120,7 +137,7 @@ class ParquetReader:
         return out
 
 
-def load(name: str, path: str, options: dict[str, str], size: int | None, memory_budget: int) -> Files:
+def load(name: str, path: str, options: dict[str, str], size: int | None, memory_budget: int, decoder: str = "pil") -> Files:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -159,13 +176,35 @@ def load(name: str, path: str, options: dict[str, str], size: int | None, memory
             f"{name}: label column {options['label']!r} has a negative label ({int(y.min())}) at row {int(y.argmin())}"
         )
 
-    probe = ParquetReader(name, files, options["image"], 1, "L")
-    scan = Scan()
-    for group, (_, _, start) in enumerate(probe.groups):
-        end = probe.starts[group + 1] if group + 1 < len(probe.groups) else probe.n
-        scan.add(int(end - start), probe.fetch(group, range(start, int(end))))
+    scan = _scan(name, path, files, options["image"])
     side, mode = scan.square(size, name), scan.mode
-    reader = ParquetReader(name, files, options["image"], side, mode)
+    reader = ParquetReader(name, files, options["image"], side, mode, decoder)
     images = reader.read(range(reader.n), threads=0) if fits(reader.n, mode, side, memory_budget) else None
     k = int(y.max()) + 1
     return Files(y, tuple(str(c) for c in range(k)), k, side, mode, reader, images)
+
+
+def _scan(name: str, path: str, files: list[str], image: str) -> Scan:
+    """What every image's header says: from the index cache when no file changed (same names,
+    sizes and mtimes; beside the data, else in the home cache: `lab.data.index`); else by
+    reading every row's image bytes, then cached."""
+    stats = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+    local = os.path.join(path, ".lab-index.json") if os.path.isdir(path) else \
+        os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lab-index.json")
+    caches = [local, index.home_cache(f"parquet:{path}", ".json")]
+    got = index.read_json(caches, {"image": image, "files": stats})
+    scan = Scan()
+    if got is not None:
+        try:
+            scan.note({(int(w), int(h)): str(what) for w, h, what in got["sizes"]}, ["L" if got["gray"] is True else "RGB"])
+            return scan
+        except (KeyError, TypeError, ValueError):
+            index.warn(f"ignoring a malformed index cache of {path}; rebuilding it")
+            scan = Scan()
+    probe = ParquetReader(name, files, image, 1, "L")
+    for group, (_, _, start) in enumerate(probe.groups):
+        end = probe.starts[group + 1] if group + 1 < len(probe.groups) else probe.n
+        scan.add(int(end - start), probe.fetch(group, range(start, int(end))))
+    sizes = [[w, h, what] for (w, h), what in scan.sizes.items()]
+    index.write_json(caches, {"image": image, "files": stats, "sizes": sizes, "gray": scan.gray})
+    return scan

@@ -11,6 +11,7 @@ from typing import Protocol, cast
 import numpy as np
 import torch
 
+from lab.data.decode import decode_on
 from lab.errors import DataError
 
 # Every dataset's train/val/test split is made with this seed, whatever the run's seed, so all
@@ -89,7 +90,9 @@ def order(n: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
 
 
 class Reader(Protocol):
-    """Decodes items of a file-backed dataset on demand (picklable: it travels to workers)."""
+    """Decodes items of a file-backed dataset on demand (picklable: it travels to workers).
+    A reader whose `decoder` is "cuda" also has `encoded(items)` (the undecoded bytes, what its
+    workers hand over) and `size`, `mode`: its batches are decoded on the GPU in this process."""
 
     def read(self, items: Sequence[int], threads: int = 1) -> torch.Tensor:
         """uint8 (len(items), C, S, S) images of those dataset items, decoded by `threads`
@@ -204,8 +207,10 @@ class Batches:
         from torch.utils.data import DataLoader
 
         cuda = self.device.type == "cuda"
+        reader = self.split.reader
+        on_gpu = getattr(reader, "decoder", "pil") == "cuda"  # workers read bytes; nvjpeg decodes here
         loader = DataLoader(
-            _Stream(self.split),
+            _Stream(self.split, encoded=on_gpu),
             batch_sampler=[s.tolist() for s in self._slices()],
             num_workers=self.workers,
             collate_fn=_as_is,
@@ -215,6 +220,8 @@ class Batches:
         it = iter(loader)
         try:
             for images, labels in it:
+                if on_gpu:
+                    images = decode_on(images, reader.size, reader.mode, self.device if cuda else "cuda")  # type: ignore[union-attr]
                 yield images.to(self.device, non_blocking=cuda), labels.to(self.device, non_blocking=cuda)
         except DataError as e:
             # a worker's DataError comes back wrapped with its traceback; keep its one line
@@ -234,8 +241,9 @@ def _as_is(batch):
 class _Stream(torch.utils.data.Dataset):
     """Map-style view of a streaming split whose fetches are whole batches (`__getitems__`)."""
 
-    def __init__(self, split: Split):
+    def __init__(self, split: Split, encoded: bool = False):
         self.reader, self.indices, self.labels = split.reader, split.indices, split.labels
+        self.encoded = encoded  # hand over the files' bytes, not decoded images
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -243,7 +251,10 @@ class _Stream(torch.utils.data.Dataset):
     def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.as_tensor(positions, dtype=torch.int64)
         assert self.reader is not None  # a streaming split: its reader is set
-        return self.reader.read(self.indices[pos].tolist()), self.labels[pos]
+        items = self.indices[pos].tolist()
+        if self.encoded:
+            return self.reader.encoded(items), self.labels[pos]  # type: ignore[attr-defined]
+        return self.reader.read(items), self.labels[pos]
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.__getitems__([position])

@@ -62,6 +62,52 @@ class Cost(NamedTuple):
 ZERO = Cost()
 
 
+class Saved(NamedTuple):
+    """Elements of one image's tensors that a training forward keeps for backward (what
+    torch.autograd.graph.saved_tensors_hooks sees, each storage once), by the dtype they are kept in
+    under mixed precision: `low` at the compute dtype (bf16/fp16 under autocast: conv and linear
+    inputs, norm inputs on a half-precision stream, activations), `full` in float32 whatever the
+    precision (norm inputs on a float32 residual stream, softmax outputs of the attention kernels that
+    compute in float32), `int64` as int64 (max-pool indices)."""
+
+    low: int = 0
+    full: int = 0
+    int64: int = 0
+
+    def __add__(self, other: Saved) -> Saved:  # type: ignore[override]
+        return Saved(self.low + other.low, self.full + other.full, self.int64 + other.int64)
+
+    def times(self, n: int) -> Saved:
+        return Saved(self.low * n, self.full * n, self.int64 * n)
+
+    @property
+    def elements(self) -> int:
+        return self.low + self.full + self.int64
+
+
+class Flow(NamedTuple):
+    """What the walk knows about the tensor passed from one element to the next, for `Kind.saved`:
+    is it already kept for backward by its producer (a ReLU keeps its output; the next conv saving it
+    adds nothing), and is it float32 under mixed precision (a residual stream that a float32
+    parameter joined: position embeddings, class tokens, layer scale)?"""
+
+    kept: bool = False
+    wide: bool = True   # the input image is float32
+
+
+def numel(s: Shape) -> int:
+    """Elements of one image's (or clip's) tensor of shape `s`."""
+    return s.c * s.tokens
+
+
+def input_saved(s: Shape, flow: Flow, cast: bool = False) -> Saved:
+    """An element's input kept for backward, unless its producer keeps it already: at the stream's
+    dtype, or (`cast`: a conv or linear, which autocast feeds a half-precision copy) at the low dtype."""
+    if flow.kept and not (cast and flow.wide):
+        return Saved()
+    return Saved(numel(s)) if cast or not flow.wide else Saved(0, numel(s))
+
+
 @dataclass(frozen=True)
 class Context:
     """What an element may need beyond its input shape."""
@@ -279,6 +325,13 @@ class Kind:
         its scaled value, the same one everywhere in the spec (kinds with channel counts override)."""
         return self
 
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """What one image's training forward of this element (`s` in, `out` out, after the walk's
+        frame handling) keeps for backward, given what the walk knows of its input (`flow`), and the
+        flow of its output. The default: a layer whose backward needs its input and nothing else
+        (conv, norm, pooling, linear), its output neither kept nor float32 unless its input was."""
+        return input_saved(s, flow), Flow(False, flow.wide)
+
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         """How timm's models of `dialect` (see lab.interop.timm) name this element's weights:
         {local prefix: timm's local prefix}; each state_dict key takes its longest matching prefix
@@ -318,6 +371,9 @@ class Block(Kind):
     """
 
     role: ClassVar[str] = "block"
+    # Do units after the second keep what the second keeps (the same input shape and flow)? Kinds whose
+    # units grow (DenseNet) say no, and each unit is counted.
+    uniform_units: ClassVar[bool] = True
     # Does it mix tokens by attention or an MLP rather than a convolution (the lecture's token
     # mixers; the dashboard colours each one apart, every conv kind as "conv")?
     token_mixer: ClassVar[bool] = False
@@ -339,6 +395,28 @@ class Block(Kind):
             return s1, first
         s2, rest = self.unit(s1, width, 1)
         return s2, first + rest.times(depth - 1)
+
+    def saved_unit(self, s: Shape, width: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """What one unit keeps for backward per image (see Kind.saved). The default counts a chain of
+        conv -> norm -> ReLU for each conv output (the norm keeps the conv's output, the ReLU its own,
+        the next conv saves that again at no cost): twice the unit's activations, plus its input."""
+        _, cost = self.unit(s, width, stride)
+        return input_saved(s, flow, cast=True) + Saved(2 * cost.acts), Flow(True, False)
+
+    def saved_stage(self, s: Shape, width: int, depth: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """What the stage's `depth` units keep for backward, unit after unit (as `stage`)."""
+        total = Saved()
+        for i in range(depth):
+            step = stride if i == 0 else 1
+            kept, flow = self.saved_unit(s, width, step, flow)
+            total = total + kept
+            if i == 1 and self.uniform_units:   # units 2..depth repeat unit 2
+                return total + kept.times(depth - 2), flow
+            s, _ = self.unit(s, width, step)
+        return total, flow
+
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        raise TypeError("a block's saved tensors are counted by saved_stage")
 
     def build_stage(self, s: Shape, width: int, depth: int, stride: int, drop_paths: list[float]) -> list[nn.Module]:
         units = []

@@ -10,8 +10,21 @@ import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import Block, Cost, Shape, check_clip, conv_cost, norm_cost, out_size, param, register
-from lab.kinds.residual import PostActResidual, make_shortcut, shortcut_cost, zero_init_last_norm
+from lab.kinds.base import (
+    Block,
+    Cost,
+    Flow,
+    Saved,
+    Shape,
+    check_clip,
+    conv_cost,
+    input_saved,
+    norm_cost,
+    out_size,
+    param,
+    register,
+)
+from lab.kinds.residual import PostActResidual, make_shortcut, needs_projection, shortcut_cost, zero_init_last_norm
 from lab.layers import fit_filters, init_conv_, make_conv, make_conv3d
 
 
@@ -38,6 +51,14 @@ class Basic(Block):
                 + conv_cost(width, width, 3, h, w, kt=self.kt, f_out=s.f) + norm_cost(width))
         cost = cost + shortcut_cost(s.c, width, stride, h, w).on_frames(s.f)
         return Shape(width, h, w, 0, s.f), cost
+
+    def saved_unit(self, s: Shape, width: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """Its input; each conv's output twice (the norm's input, then the ReLU's output: after the
+        first conv, and after the residual add); the projection's output once (its norm's input)."""
+        shape, _ = self.unit(s, width, stride)
+        out = width * shape.h * shape.w * shape.f
+        proj = out if needs_projection(s.c, width, stride) else 0
+        return input_saved(s, flow, cast=True) + Saved(4 * out + proj), Flow(True, False)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         if dialect != "resnet":

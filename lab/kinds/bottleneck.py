@@ -16,8 +16,22 @@ from typing import ClassVar
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import Block, Cost, Shape, block_norm_cost, conv_cost, out_size, param, register, round_channels, se_cost
-from lab.kinds.residual import PostActResidual, make_shortcut, shortcut_cost, zero_init_last_norm
+from lab.kinds.base import (
+    Block,
+    Cost,
+    Flow,
+    Saved,
+    Shape,
+    block_norm_cost,
+    conv_cost,
+    input_saved,
+    out_size,
+    param,
+    register,
+    round_channels,
+    se_cost,
+)
+from lab.kinds.residual import PostActResidual, make_shortcut, needs_projection, shortcut_cost, zero_init_last_norm
 from lab.layers import SqueezeExcite, init_conv_, make_conv, make_norm
 
 
@@ -87,6 +101,16 @@ class Bottleneck(Block):
         if self.se:
             cost = cost + se_cost(mid, self.se_width(s.c))
         return Shape(width, h, w), cost
+
+    def saved_unit(self, s: Shape, width: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """Its input; each of the three convs' outputs twice (norm input, ReLU output); squeeze-excite's
+        gated map once (the last conv's input); the projection's output once (its norm's input)."""
+        mid = split_width(width, self.e)
+        h, w = out_size(s.h, 3, stride, 1), out_size(s.w, 3, stride, 1)
+        m1, m2, out = mid * s.h * s.w, mid * h * w, width * h * w
+        proj = out if needs_projection(s.c, width, stride) else 0
+        return (input_saved(s, flow, cast=True) + Saved(2 * (m1 + m2 + out) + (m2 if self.se else 0) + proj),
+                Flow(True, False))
 
     # timm's names of the i-th conv and norm of the branch, and of the shortcut's conv and norm
     TIMM_NAMES: ClassVar[dict[str, tuple[str, str, str, str]]] = {"resnet": ("conv{}", "bn{}", "downsample.0", "downsample.1"),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import Block, Cost, Shape, conv_cost, linear_cost, norm_cost, param, register
+from lab.kinds.base import Block, Cost, Flow, Saved, Shape, conv_cost, input_saved, linear_cost, norm_cost, param, register
 from lab.layers import DropPath
 
 
@@ -66,6 +66,16 @@ class ConvNeXt(Block):
                 + linear_cost(width, hidden, n) + linear_cost(hidden, width, n)
                 + Cost(width if self.ls > 0 else 0, 0, 0))
         return s, cost
+
+    def saved_unit(self, s: Shape, width: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """Its input (the depthwise conv's); the depthwise output twice (the norm's input, the norm's
+        output as fc1's input); the hidden layer twice (GELU's input, fc2's input); fc2's output once
+        under layer scale. Layer scale's float32 parameter makes the residual stream float32 under
+        autocast."""
+        n = s.h * s.w * s.f
+        hidden = int(self.mlp * width)
+        kept = Saved(2 * width * n + 2 * hidden * n + (width * n if self.ls > 0 else 0))
+        return input_saved(s, flow, cast=True) + kept, Flow(False, flow.wide or self.ls > 0)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         if dialect != "convnext":

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import Block, Cost, Shape, conv_cost, norm_cost, param, register
+from lab.kinds.base import Block, Cost, Flow, Saved, Shape, conv_cost, input_saved, norm_cost, numel, param, register
 from lab.layers import init_conv_, make_conv
 
 
@@ -50,6 +50,14 @@ class Dense(Block):
             s, c = self.unit(s, width, stride)
             total = total + c
         return s, total
+
+    uniform_units = False   # each layer's input grows by the growth rate
+
+    def saved_unit(self, s: Shape, width: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """All earlier features twice (the first norm's input, its ReLU's output), the bottleneck conv's
+        output twice (norm input, ReLU output); the concatenation keeps nothing."""
+        stream = Saved(0, numel(s)) if flow.wide else Saved(numel(s))
+        return input_saved(s, flow) + stream + Saved(2 * self.bn * width * s.h * s.w), Flow(False, flow.wide)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         if dialect != "densenet":

@@ -12,7 +12,20 @@ import torch
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import Block, Cost, Shape, conv_cost, norm_cost, out_size, param, register, se_cost
+from lab.kinds.base import (
+    Block,
+    Cost,
+    Flow,
+    Saved,
+    Shape,
+    conv_cost,
+    input_saved,
+    norm_cost,
+    out_size,
+    param,
+    register,
+    se_cost,
+)
 from lab.layers import DropPath, SqueezeExcite, init_conv_, make_conv
 
 
@@ -73,6 +86,16 @@ class MBConv(Block):
             cost = cost + se_cost(mid, self.se_width(s.c, mid))
         cost = cost + conv_cost(mid, width, 1, h, w) + norm_cost(width)
         return Shape(width, h, w), cost
+
+    def saved_unit(self, s: Shape, width: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """Its input; the expansion's and the depthwise conv's outputs three times each (the norm's
+        input, the in-place SiLU's copy of its input, the SiLU's output for the next conv or the
+        gate), plus the gated map (the projection's input); the projection's output once (its norm's)."""
+        mid = self.mid(s.c)
+        h, w = out_size(s.h, self.k, stride, self.k // 2), out_size(s.w, self.k, stride, self.k // 2)
+        expand = 3 * mid * s.h * s.w if mid != s.c else 0
+        depthwise = (4 if self.se else 3) * mid * h * w
+        return input_saved(s, flow, cast=True) + Saved(expand + depthwise + width * h * w), Flow(False, False)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         if dialect != "efficientnet":

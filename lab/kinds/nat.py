@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kernels.neighborhood import neighborhood_attention
-from lab.kinds.base import Cost, Shape, param, register
+from lab.kernels.neighborhood import DENSE_FACTOR, neighborhood_attention
+from lab.kinds.base import Cost, Saved, Shape, param, register
 from lab.kinds.transformer import ACT_CHOICES, HeadsMixin, TokenBlock, attention_cost
 
 
@@ -73,6 +73,18 @@ class NAT(HeadsMixin, TokenBlock):
         padded = max(s.h, span) * max(s.w, span)
         return (attention_cost(width, padded, self.k * self.k, self.qkv_bias, proj_tokens=s.h * s.w)
                 + Cost(heads * (2 * self.k - 1) ** 2, 0, 0))
+
+    def mixer_saved(self, s: Shape, width: int) -> Saved:
+        """On the padded grid of P tokens: qkv's input; q, k and v and each head's attention weights:
+        P x P of them on small maps (the dense kernel, whose matmuls autocast runs in half precision),
+        k x k per token otherwise (the portable kernel, which keeps them in float32); the output's copy
+        (the projection's input)."""
+        span = self.k * self.d
+        padded = max(s.h, span) * max(s.w, span)
+        around = padded * width + s.h * s.w * width
+        if padded <= DENSE_FACTOR * self.k * self.k:
+            return Saved(around + 3 * padded * width + self.heads(width) * padded * padded)
+        return Saved(around, 3 * padded * width + self.heads(width) * padded * self.k * self.k)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         return None  # timm has no neighbourhood attention

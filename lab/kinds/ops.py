@@ -23,13 +23,17 @@ from lab.kinds.base import (
     ZERO,
     Context,
     Cost,
+    Flow,
     Op,
+    Saved,
     Shape,
     check_clip,
     check_gn,
     conv_cost,
     gn_groups,
+    input_saved,
     norm_cost,
+    numel,
     out_size,
     param,
     register,
@@ -121,6 +125,10 @@ class Conv(Op):
                                 f"pt={self.tpad})", "kt")
         return Shape(cout, h, w, 0, f), conv_cost(s.c, cout, self.k, h, w, self.g, self.bias, self.kt, f)
 
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """Its input (autocast's half-precision copy of it, under mixed precision)."""
+        return input_saved(s, flow, cast=True), Flow(False, False)
+
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         if not self.per_frame:
             return make_conv3d(s.c, self.out_channels(s, ctx), self.k, self.kt, s.f, self.s, self.st, self.g,
@@ -197,6 +205,11 @@ class _Act(Op):
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return s, ZERO
 
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """SiLU and GELU keep their input (in place, a copy of it: the output overwrites it); the next
+        layer keeps the output again."""
+        return Saved(0, numel(s)) if flow.wide else Saved(numel(s)), Flow(False, flow.wide)
+
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return make_act(self.kind, inplace=ctx.inplace)
 
@@ -206,6 +219,10 @@ class ReLU(_Act):
     """ReLU activation."""
 
     kind = "relu"
+
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """Its output only (the next conv saving it adds nothing)."""
+        return Saved(0, numel(out)) if flow.wide else Saved(numel(out)), Flow(True, flow.wide)
 
 
 @register
@@ -246,6 +263,10 @@ class MaxPool(Op):
         h, w = _same(s, self.s) if self.same else _spatial(s, self.k, self.s, self.pad, "maxpool")
         return Shape(s.c, h, w), ZERO
 
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """Its input and the int64 index of each output's maximum."""
+        return input_saved(s, flow) + Saved(int64=numel(out)), Flow(False, flow.wide)
+
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return MaxPool2dSame(self.k, self.s) if self.same else nn.MaxPool2d(self.k, self.s, self.pad)
 
@@ -280,6 +301,9 @@ class Pad(Op):
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return Shape(s.c, s.h + 2 * self.p, s.w + 2 * self.p), ZERO
+
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        return Saved(), Flow(False, flow.wide)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return nn.ZeroPad2d(self.p)
@@ -319,6 +343,10 @@ class GlobalAvgPool(Op):
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return Shape(s.c, 1, 1), ZERO
 
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """A mean over tokens keeps nothing; adaptive pooling of a map keeps its input."""
+        return (Saved() if ctx.layout == NLC else input_saved(s, flow)), Flow(False, flow.wide)
+
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         if ctx.layout == NLC:
             return TokenMean(s.t)
@@ -335,6 +363,10 @@ class Dropout(Op):
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return s, ZERO
+
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """A boolean mask (one byte an element, counted as a quarter of a float32)."""
+        return Saved(0, -(-numel(s) // 4)) if self.p > 0 else Saved(), Flow(False, flow.wide)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return nn.Dropout(self.p)
@@ -366,6 +398,9 @@ class FullyConnected(Op):
             return s, ZERO
         n = ctx.num_classes
         return Shape(n, 1, 1), Cost(s.c * n + (n if self.bias else 0), s.c * n, n)
+
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        return input_saved(s, flow, cast=True), Flow(False, False)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         if ctx.num_classes == 0:

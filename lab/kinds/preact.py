@@ -10,7 +10,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lab.kinds.base import Block, Cost, Shape, block_norm_cost, conv_cost, out_size, param, register
+from lab.kinds.base import (
+    Block,
+    Cost,
+    Flow,
+    Saved,
+    Shape,
+    block_norm_cost,
+    conv_cost,
+    input_saved,
+    numel,
+    out_size,
+    param,
+    register,
+)
 from lab.kinds.bottleneck import quantum_for, split_width
 from lab.kinds.residual import make_shortcut, shortcut_cost
 from lab.layers import DropPath, init_conv_, make_conv, make_norm
@@ -57,6 +70,14 @@ class PreAct(Block):
                 + block_norm_cost(n, mid, h * w) + conv_cost(mid, width, 1, h, w)
                 + shortcut_cost(s.c, width, stride, h, w, norm=False))
         return Shape(width, h, w), cost
+
+    def saved_unit(self, s: Shape, width: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """Its input (the first norm's) and the pre-activation (ReLU output, the convs' input); the
+        two inner convs' outputs twice (norm input, ReLU output); the last conv's output nothing."""
+        mid = split_width(width, self.e)
+        h, w = out_size(s.h, 3, stride, 1), out_size(s.w, 3, stride, 1)
+        stream = Saved(0, numel(s)) if flow.wide else Saved(numel(s))
+        return input_saved(s, flow) + stream + Saved(2 * mid * (s.h * s.w + h * w)), Flow(False, False)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         if dialect != "resnetv2":

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.kernels import window as win
-from lab.kinds.base import Cost, Shape, param, register
+from lab.kinds.base import Cost, Saved, Shape, param, register
 from lab.kinds.transformer import ACT_CHOICES, HeadsMixin, TokenBlock, attention_cost
 
 
@@ -125,6 +125,15 @@ class Swin(HeadsMixin, TokenBlock):
         padded = math.prod(math.ceil(n / m) * m for n, m in zip((s.f, s.h, s.w), window))
         table = math.prod(2 * m - 1 for m in window) * heads
         return attention_cost(width, padded, math.prod(window), self.qkv_bias) + Cost(table, 0, 0)
+
+    def mixer_saved(self, s: Shape, width: int) -> Saved:
+        """Over the padded grid of P tokens in windows of M: the windows (qkv's input), q, k and v,
+        the scaled queries, the attention output's copy (the projection's input), and the M x M
+        attention of each head and token (the softmax's output in the CPU path, the bias that the fused
+        kernel keeps for its gradient on a GPU)."""
+        window = self.window(s)
+        padded = math.prod(math.ceil(n / m) * m for n, m in zip((s.f, s.h, s.w), window))
+        return Saved(6 * padded * width + self.heads(width) * padded * math.prod(window))
 
     def adapt_weight(self, local: str, value: torch.Tensor, shape: torch.Size, s: Shape,
                      receives_image: bool = False) -> torch.Tensor | None:

@@ -22,7 +22,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import NCHW, NLC, ZERO, Context, Cost, Op, Shape, conv_cost, linear_cost, norm_cost, param, register
+from lab.kinds.base import (
+    NCHW,
+    NLC,
+    ZERO,
+    Context,
+    Cost,
+    Flow,
+    Op,
+    Saved,
+    Shape,
+    conv_cost,
+    input_saved,
+    linear_cost,
+    norm_cost,
+    param,
+    register,
+)
 from lab.layers import clip_of, fit_filters, resample_grid
 
 # --- modules ---------------------------------------------------------------------------
@@ -160,6 +176,10 @@ class Patch(Op):
         h, w, f = s.h // self.p, s.w // self.p, s.f // self.pt
         return Shape(c, h, w, 0, f), conv_cost(s.c, c, self.p, h, w, bias=True, kt=self.pt, f_out=f)
 
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """The patch conv's input (a half-precision copy under autocast)."""
+        return input_saved(s, flow, cast=True), Flow(False, False)
+
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         assert self.p is not None  # check() requires it
         return PatchEmbed(s.c, self.out_channels(ctx), self.p, self.pt, s.f)
@@ -182,6 +202,10 @@ class _PrefixOp(Op):
 
     def shape(self, s: Shape, ctx: Context) -> tuple[Shape, Cost]:
         return s._replace(t=s.t + 1), Cost(s.c, 0, 0)
+
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """Nothing; joined with a float32 parameter, the tokens are float32 under autocast from here."""
+        return Saved(), Flow(False, True)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PrefixToken(s.c, s.t)
@@ -221,6 +245,10 @@ class Position(Op):
                             f"({s.t} prefix + {grid})", "n")
         return s, Cost(n * s.c, 0, 0)
 
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """Nothing; adding a float32 parameter makes the tokens float32 under autocast."""
+        return Saved(), Flow(False, True)
+
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PositionEmbedding(s.tokens, s.c)
 
@@ -255,6 +283,12 @@ class Merge(Op):
         h, w = (s.h + 1) // 2, (s.w + 1) // 2
         return Shape(c, h, w, 0, s.f), norm_cost(4 * s.c) + linear_cost(4 * s.c, c, s.f * h * w, bias=False)
 
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """The 2x2 neighbours gathered into one copy (the norm's input), and the norm's output (the
+        linear's input): each the size of the (padded) input."""
+        n = s.c * s.f * (s.h + s.h % 2) * (s.w + s.w % 2)
+        return Saved(n, 0) + (Saved(0, n) if flow.wide else Saved(n)), Flow(False, False)
+
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return PatchMerging(s.h, s.w, s.c, self.out_channels(s, ctx), self.eps, s.f)
 
@@ -274,6 +308,9 @@ class TokenPool(Op):
         if s.t < 1:
             raise SpecError("token pooling needs a class token: put cls in the stem (or pool with gap)")
         return Shape(s.c, 1, 1), ZERO
+
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        return Saved(), Flow(False, flow.wide)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return ClassToken()
@@ -297,6 +334,10 @@ class Distill(Op):
         if n == 0:  # features: the average of the two tokens, as timm's pre-logits
             return Shape(s.c, 1, 1), ZERO
         return Shape(n, 1, 1), linear_cost(s.c, n, bias=self.bias).times(2)
+
+    def saved(self, s: Shape, out: Shape, ctx: Context, flow: Flow) -> tuple[Saved, Flow]:
+        """Two tokens' worth (the classifiers' inputs): nothing to count."""
+        return Saved(), Flow(False, False)
 
     def build(self, s: Shape, ctx: Context) -> nn.Module:
         return DistilledHead(s.c, ctx.num_classes, self.bias)

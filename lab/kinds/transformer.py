@@ -22,7 +22,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.errors import SpecError
-from lab.kinds.base import NLC, Block, Cost, Shape, linear_cost, norm_cost, param, register, round_channels
+from lab.kinds.base import (
+    NLC,
+    Block,
+    Cost,
+    Flow,
+    Saved,
+    Shape,
+    input_saved,
+    linear_cost,
+    norm_cost,
+    numel,
+    param,
+    register,
+    round_channels,
+)
 from lab.layers import ACTS, DropPath
 
 ACT_CHOICES = tuple(ACTS)
@@ -111,6 +125,23 @@ class TokenBlock(Block):
         if self.ls > 0:
             cost = cost + Cost(2 * width, 0, 0)
         return s, cost
+
+    def mixer_saved(self, s: Shape, width: int) -> Saved:
+        """What the token mixer keeps for backward per image, its input (the first norm's output) included.
+        The default, for a mixer that does not count its own: its input and twice its activations."""
+        return Saved(numel(s) + 2 * self.mixer_cost(s, width).acts)
+
+    def saved_unit(self, s: Shape, width: int, stride: int, flow: Flow) -> tuple[Saved, Flow]:
+        """The residual stream twice (each norm's input, float32 when the stream is), the mixer's own
+        (`mixer_saved`), the second norm's output (fc1's input), the hidden layer twice (the
+        activation's input, fc2's input), and under layer scale the two branches' outputs. Layer
+        scale's float32 parameter makes the stream float32 under autocast."""
+        n, hidden = numel(s), self.hidden(width) * s.tokens
+        wide = flow.wide or self.ls > 0
+        second = Saved(0, n) if wide else Saved(n)
+        kept = (input_saved(s, flow) + self.mixer_saved(s, width) + second + Saved(n + 2 * hidden)
+                + Saved(2 * n if self.ls > 0 else 0))
+        return kept, Flow(False, wide)
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         return {"": "", "mixer": "attn"}  # timm's ViT and Swin blocks: norm1, attn, ls1, norm2, mlp, ls2
@@ -201,6 +232,14 @@ class MHSA(HeadsMixin, TokenBlock):
         n = s.tokens
         return attention_cost(width, n, n, self.qkv_bias)
 
+    def mixer_saved(self, s: Shape, width: int) -> Saved:
+        """The qkv projection's input and output (q, k, v, which the attention kernel keeps), the
+        attention output (laid out by the fused kernels in (tokens, heads) order, so the projection's
+        input is a view of it), and the kernel's float32 log-sum-exp per head and token (no attention
+        matrix: fused kernels keep none)."""
+        n = numel(s)
+        return Saved(5 * n, self.heads(width) * s.tokens)
+
     def build_mixer(self, s: Shape, width: int, index: int) -> nn.Module:
         return GlobalAttention(width, self.heads(width), self.qkv_bias)
 
@@ -240,6 +279,10 @@ class Mixer(TokenBlock):
 
     def timm_names(self, dialect: str) -> dict[str, str] | None:
         return {"": "", "mixer.mlp": "mlp_tokens", "mlp": "mlp_channels"} if dialect == "mixer" else None
+
+    def mixer_saved(self, s: Shape, width: int) -> Saved:
+        """The token MLP's input, and its hidden layer twice (the activation's input, fc2's input)."""
+        return Saved(numel(s) + 2 * self.token_hidden(width) * width)
 
     def build_mixer(self, s: Shape, width: int, index: int) -> nn.Module:
         return TokenMlp(s.tokens, self.token_hidden(width), self.act)

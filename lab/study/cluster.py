@@ -17,8 +17,11 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import ray
+import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lab.errors import StudyError, first_line
 
@@ -132,23 +135,104 @@ def _ray_logger_at(level: int) -> Iterator[None]:
         logger.setLevel(previous)
 
 
-def check_gpus(gpus_per_trial: float) -> None:
-    """StudyError when trials ask for GPUs the connected cluster does not have."""
-    if gpus_per_trial <= 0:
+def check_gpus(gpus_per_trial: float | str) -> None:
+    """StudyError when trials ask for GPUs the connected cluster does not have (`auto` asks for up to one)."""
+    wanted = 1.0 if gpus_per_trial == "auto" else float(gpus_per_trial)
+    if wanted <= 0:
         return
     have = ray.cluster_resources().get("GPU", 0)
-    if have < gpus_per_trial:
+    if have < wanted:
         where = "this machine" if have == 0 else "the cluster"
-        raise StudyError(f"--gpus-per-trial {gpus_per_trial:g}: {where} has {have:g} GPU(s) for Ray; "
+        shown = gpus_per_trial if isinstance(gpus_per_trial, str) else f"{gpus_per_trial:g}"
+        raise StudyError(f"--gpus-per-trial {shown}: {where} has {have:g} GPU(s) for Ray; "
                          f"train on CPUs with --gpus-per-trial 0")
 
 
+# --- what Ray's GPUs are: probed by a task on a GPU of each machine ----------------------------
+
+PROBE_SECONDS = 120   # for the probe tasks to be scheduled and answer (a busy cluster's GPUs may all be taken)
+PROBE_FRACTION = 0.01  # of a GPU, the probe task's request: it runs beside a GPU's other tasks
+
+
+@dataclass(frozen=True)
+class GpuProbe:
+    """What a task on one GPU of each of Ray's GPU machines saw: whether torch has CUDA there, and the
+    smallest such GPU's total memory in bytes (None where none has CUDA)."""
+
+    gpus: float                            # Ray's GPU resources, summed over the machines
+    machines: int
+    cuda: bool                             # torch sees a CUDA device on every machine probed
+    memory: int | None
+    without_cuda: tuple[str, ...] = ()     # the machines whose task saw none
+    names: tuple[str, ...] = ()            # the GPUs' names, one per machine with CUDA
+
+
+def _look() -> dict:
+    """In a Ray task holding a GPU fraction: what torch sees of the GPU Ray assigned it."""
+    seen = {"host": socket.gethostname(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if not torch.cuda.is_available():
+        return {**seen, "cuda": False}
+    props = torch.cuda.get_device_properties(0)   # the first (only) device of CUDA_VISIBLE_DEVICES
+    return {**seen, "cuda": True, "memory": int(props.total_memory), "name": props.name}
+
+
+_probed: dict[tuple, GpuProbe] = {}   # per Ray job and set of GPU machines: a study's driver probes once
+
+
+def probe_gpus(timeout: float = PROBE_SECONDS) -> GpuProbe:
+    """Ray's GPUs as torch sees them, from one task per machine with GPUs (the driver may have none);
+    StudyError when the tasks do not answer within `timeout` seconds."""
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+    key = (ray.get_runtime_context().get_job_id(), tuple(sorted(n["NodeID"] for n in nodes)))
+    if key in _probed:
+        return _probed[key]
+    look = ray.remote(num_cpus=0, num_gpus=PROBE_FRACTION, max_retries=0)(_look)
+    refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    try:
+        seen = ray.get(refs, timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise StudyError(f"--gpus-per-trial: no GPU of the Ray cluster took a probe task in {timeout:g} s (all "
+                         f"taken by other work?); free one, or give --gpu-memory and --device") from None
+    except ray.exceptions.RayError as e:
+        raise StudyError(f"--gpus-per-trial: the probe of Ray's GPUs failed ({type(e).__name__}: "
+                         f"{first_line(e)})") from None
+    memories = [s["memory"] for s in seen if s["cuda"]]
+    probe = GpuProbe(gpus=sum(n["Resources"]["GPU"] for n in nodes), machines=len(nodes),
+                     cuda=bool(seen) and len(memories) == len(seen), memory=min(memories) if memories else None,
+                     without_cuda=tuple(s["host"] for s in seen if not s["cuda"]),
+                     names=tuple(s["name"] for s in seen if s["cuda"]))
+    _probed[key] = probe
+    return probe
+
+
+def check_cuda(gpus_per_trial: float | str, device: str = "auto") -> GpuProbe | None:
+    """StudyError when trials would train on Ray's GPUs (`device` auto or cuda) but torch sees no CUDA
+    device on them: logical GPUs (`ray start --num-gpus`, `ray.init(num_gpus=...)`) or a machine without
+    a CUDA driver. Returns the probe (None when trials train on CPUs)."""
+    if gpus_per_trial != "auto" and float(gpus_per_trial) <= 0:
+        return None
+    probe = probe_gpus()
+    if device != "cpu" and not probe.cuda:
+        shown = gpus_per_trial if isinstance(gpus_per_trial, str) else f"{gpus_per_trial:g}"
+        hosts = ", ".join(sorted(set(probe.without_cuda)))
+        raise StudyError(f"--gpus-per-trial {shown}: Ray has {probe.gpus:g} GPU(s) but torch sees no CUDA device "
+                         f"on them (on {hosts}: logical GPUs, or no CUDA driver there); train on CPUs with "
+                         f"--gpus-per-trial 0, or give --device cpu to hold logical GPUs while training on CPU")
+    return probe
+
+
 @contextlib.contextmanager
-def connected(address: str | None, gpus_per_trial: float = 0.0) -> Iterator[None]:
-    """Ray for the block: joined or started (and then shut down at its end, whatever ends it)."""
+def connected(address: str | None, gpus_per_trial: float | str = 0.0, device: str = "auto") -> Iterator[None]:
+    """Ray for the block: joined or started (and then shut down at its end, whatever ends it), with the
+    GPUs that trials ask for there, and CUDA on them unless trials train on the CPU (`device` cpu)."""
     started = start_ray(address)
     try:
         check_gpus(gpus_per_trial)
+        check_cuda(gpus_per_trial, device)
         yield
     finally:
         if started:

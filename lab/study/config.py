@@ -11,11 +11,12 @@ from pathlib import Path
 
 import yaml
 
-from lab.errors import StudyError
-from lab.memory import available_memory, parse_size
+from lab.errors import LabError, StudyError
+from lab.memory import available_memory, format_size, parse_size, precision_name
 from lab.pareto import ALIASES
 from lab.study.claims import parse_claims
 from lab.study.grid import EPOCH_POLICIES, Arm, parse_arms, split_archs
+from lab.study.packing import CUDA_CONTEXT
 from lab.study.space import SAMPLERS
 from lab.study.space_yaml import safe_load
 from lab.study.weights import DEFAULT_CAP, parse_cap, parse_metric
@@ -53,11 +54,15 @@ class StudyConfig:
     storage: str | None = None             # None: sqlite in the study's folder
     address: str | None = None             # None: Ray on this machine
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = 0.0      # a GPU fraction, or "auto": each trial's predicted memory's (lab.study.packing)
+    gpu_memory: str | None = None          # auto: one GPU's memory to pack by (80GB); None: probed on Ray's GPUs
     concurrency: int = 2
     max_memory: str | None = None          # training memory per trial (8GiB); None: this machine's / concurrency
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"                # each trial's: auto, 32, bf16-mixed (bf16), 16-mixed (16) (lab.train.run)
+    compile: bool = False                  # each trial's training step through torch.compile
+    channels_last: bool | None = None      # None: a conv point on a GPU (lab.train.run.wants_channels_last)
     claims: list | None = None             # scaling: the claims `lab study report` tests (lab.study.claims)
     backend: str = "ray"                   # ray: train every trial; replay:BENCH: read them from a benchmark table
     target_size: int | None = None         # search: rank points by the accuracy predicted at N training images,
@@ -94,7 +99,11 @@ class StudyConfig:
              f"one of {', '.join(SAMPLERS)}, optionally +SCORE to warm-start it ({', '.join(WARM_SCORES)})"),
             ("scheduler", self.scheduler in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
             ("cpus_per_trial", self.cpus_per_trial > 0, "positive"),
-            ("gpus_per_trial", self.gpus_per_trial >= 0, "non-negative"),
+            ("gpus_per_trial", self.gpus_per_trial == "auto" or (isinstance(self.gpus_per_trial, (int, float))
+                                                                and not isinstance(self.gpus_per_trial, bool)
+                                                                and self.gpus_per_trial >= 0),
+             "a non-negative GPU fraction, or auto (by each trial's predicted memory)"),
+            ("device", self.device in ("auto", "cpu", "cuda"), "auto (CUDA for trials given GPUs), cpu or cuda"),
             ("concurrency", self.concurrency >= 1, "at least 1"),
             ("backend", isinstance(self.backend, str) and (self.backend == "ray" or (
                 self.backend.startswith("replay:") and len(self.backend) > 7)),
@@ -110,6 +119,9 @@ class StudyConfig:
                 raise StudyError(f"study {field} = {getattr(self, field)!r}: expected {expected}")
         if self.max_memory is not None:
             parse_size(str(self.max_memory), "study max_memory")
+        self._check_speed()
+        if self.gpu_memory is not None:
+            self._check_gpu_memory()
         if isinstance(self.keep_top, bool) or not isinstance(self.keep_top, int) or self.keep_top < 0:
             raise StudyError(f"study keep_top = {self.keep_top!r}: expected a whole number >= 0")
         parse_metric(self.keep_metric, "study keep_metric")
@@ -154,9 +166,33 @@ class StudyConfig:
         None, and each trial's worker checks against its own machine."""
         if self.max_memory is not None:
             return parse_size(str(self.max_memory), "study max_memory"), "--max-memory, per trial"
-        if self.address or self.gpus_per_trial > 0:
+        if self.address or self.gpus_per_trial == "auto" or float(self.gpus_per_trial) > 0:
             return None, None
         return available_memory("cpu") // self.concurrency, f"this machine's available memory / {self.concurrency} trials at once"
+
+    def _check_gpu_memory(self) -> None:
+        if self.gpus_per_trial != "auto":
+            raise StudyError(f"study gpu_memory = {self.gpu_memory!r}: it is the GPU memory --gpus-per-trial auto "
+                             f"packs trials by; give --gpus-per-trial auto with it")
+        size = parse_size(str(self.gpu_memory), "study gpu_memory")
+        if size <= CUDA_CONTEXT:
+            raise StudyError(f"study gpu_memory = {self.gpu_memory!r}: no more than the {format_size(CUDA_CONTEXT)} "
+                             f"each trial's CUDA context is given (lab.study.packing); expected a GPU's memory, e.g. 16GB")
+
+    def _check_speed(self) -> None:
+        """precision canonical (bf16 -> bf16-mixed; auto stays), compile and channels_last booleans."""
+        if str(self.precision).strip().lower() == "auto":
+            self._set("precision", "auto")
+        else:
+            try:
+                self._set("precision", precision_name(str(self.precision), "study precision"))
+            except LabError:
+                raise StudyError(f"study precision = {self.precision!r}: expected auto, 32, bf16-mixed (bf16) or "
+                                 f"16-mixed (16)") from None
+        for field in ("compile", "channels_last"):
+            value = getattr(self, field)
+            if not isinstance(value, bool) and not (field == "channels_last" and value is None):
+                raise StudyError(f"study {field} = {value!r}: expected true or false")
 
     def _set(self, field: str, value) -> None:
         object.__setattr__(self, field, value)   # resolving defaults of a frozen config

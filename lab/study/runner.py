@@ -39,9 +39,10 @@ from lab.study.cluster import check_address, connected
 from lab.study.config import StudyConfig, find_study, studies_root
 from lab.study.fidelity import SizeFidelity, ladder
 from lab.study.grid import ScalingGrid
+from lab.study.packing import AUTO, gpu_check, packing_for, placement, worker_device
 from lab.study.progress import Progress, View
 from lab.study.scheduler import ParetoASHA, SizeASHA
-from lab.study.search import LabSearch, counted, now
+from lab.study.search import LabSearch, counted, now, trial_memory
 from lab.study.space import SearchSpace, load_space
 from lab.study.store import StudyStore
 from lab.study.teachers import teacher_checkpoint
@@ -85,7 +86,7 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
         tune.report({"number": number, "kind": "epoch", "macs": config["macs"], "params": config["params"],
                      "worker_seconds": time.perf_counter() - start, **proxies, **epoch})
 
-    final = {"number": number, "kind": "final", "worker": worker}
+    final = {"number": number, "kind": "final", "worker": worker, **placement()}
     run = config.get("run") or {}   # a scaling cell's fraction, seed, epochs and teacher
     ladder = settings.get("ladder")   # a --target-size study's nested fractions, smallest first
     sizes: dict[str, list] = {"sizes": [], "sizes_top1": [], "sizes_seconds": []}
@@ -112,11 +113,12 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
                              **{k: v for k, v in record.items() if v is not None}})
 
             result = _climb(config["text"], data, rec, seed, settings["device"], ladder, sizes, on_epoch, on_size,
-                            logger=functools.partial(_trial_logger, settings, number))
+                            logger=functools.partial(_trial_logger, settings, number), speed=settings.get("speed"))
             final.update(sizes, fraction=ladder[-1])
         else:
             result = train(config["text"], data, recipe=rec, seed=seed, device=settings["device"], out=None,
-                           distill_from=teacher, on_epoch=on_epoch, logger=_trial_logger(settings, number))
+                           distill_from=teacher, on_epoch=on_epoch, logger=_trial_logger(settings, number),
+                           **(settings.get("speed") or {}))
         final.update({k: result.record.get(k) for k in TRIAL_RESULT_KEYS}, state="complete")
         if settings.get("weights") and result.model is not None:   # the driver keeps or deletes them (lab.study.weights)
             final.update(save_trial(settings["weights"], number, result.model, result.record, data))
@@ -126,23 +128,24 @@ def run_trial(config: dict, data: Dataset | None = None, settings: dict | None =
     except Exception as e:
         final.update(state="failed", error=f"{type(e).__name__}: {e}")
     final["worker_seconds"] = time.perf_counter() - start
+    final["ended"] = time.time()
     tune.report({k: v for k, v in final.items() if v is not None})
 
 
 def _climb(text: str, data: Dataset, rec, seed: int, device: str, ladder: list[float], sizes: dict[str, list],
            on_epoch: Callable[[dict], None], on_size: Callable[[int, dict], None],
-           logger: Callable[[str], Logger | None] | None = None):
+           logger: Callable[[str], Logger | None] | None = None, speed: dict | None = None):
     """A --target-size trial: `text` trained from scratch on each nested fraction of `ladder` in turn,
     each size's n_train, val top-1 and training seconds appended to `sizes`; every size but the last
     is reported (`on_size`, with the size's record), the last one's result is returned. `logger(suffix)`
-    makes each size's --logger run (suffix -nN_TRAIN)."""
+    makes each size's --logger run (suffix -nN_TRAIN); `speed` holds train()'s precision, compile, channels_last."""
     result = None
     for rung, fraction in enumerate(ladder, 1):
         part = data.with_fraction(fraction, seed)
         size = {"n_train": part.n_train, "fraction": fraction}
         result = train(text, part, recipe=rec, seed=seed, device=device, out=None,
                        on_epoch=functools.partial(_with_size, on_epoch, size),
-                       logger=logger(f"-n{part.n_train}") if logger is not None else None)
+                       logger=logger(f"-n{part.n_train}") if logger is not None else None, **(speed or {}))
         record = result.record
         for key, value in zip(sizes, (part.n_train, record.get("val_top1"), record.get("train_seconds"))):
             sizes[key].append(value)
@@ -267,7 +270,8 @@ def _discard_unstarted(store: StudyStore, config: StudyConfig, existed: bool) ->
 
 def _cluster(config: StudyConfig) -> contextlib.AbstractContextManager:
     """Ray, joined or started, for a live study; nothing for a replayed one."""
-    return contextlib.nullcontext() if replay.bench_of(config) else connected(config.address, config.gpus_per_trial)
+    return contextlib.nullcontext() if replay.bench_of(config) else connected(config.address, config.gpus_per_trial,
+                                                                              config.device)
 
 
 def _prepare(config: StudyConfig) -> tuple[list, object, object]:
@@ -330,7 +334,7 @@ def _run(config: StudyConfig, store: StudyStore, prepared, verbose: int, view: V
             if remaining > 0 and bench is not None:
                 replay_trials(config, searcher, bench, objectives, remaining, clock, progress)
             elif remaining > 0:
-                with connected(config.address, config.gpus_per_trial):
+                with connected(config.address, config.gpus_per_trial, config.device):
                     _tune(config, searcher, data, objectives, store, remaining, verbose, fidelity, progress)
         store.compact()
 
@@ -401,15 +405,19 @@ class _Started(tune.Callback):
 def _memory_check(config: StudyConfig, data: Dataset) -> Callable[[Spec], str | None] | None:
     """Why a point would not fit in a trial's memory (lab.memory; None when it fits), or None when the
     driver cannot know the workers' memory (then each trial's own check applies)."""
+    on_gpu = gpu_check(config, data.num_classes, data.in_chans) if config.gpus_per_trial == AUTO else None
     limit, source = config.memory_limit()
     if limit is None:
-        return None
+        return on_gpu
     base = recipe(config.recipe, batch_size=config.batch_size, epochs=config.epochs)
 
     def check(spec: Spec) -> str | None:
         reason = check_fits(spec, config.batch_size, data.num_classes, data.in_chans, limit, optimizer=base.optimizer,
-                            ema=base.ema > 0, limit_from=source)
-        return None if reason is None else f"over memory: {reason}"
+                            ema=base.ema > 0, limit_from=source,
+                            precision="32" if config.precision == "auto" else config.precision)   # auto: fp32, the larger
+        if reason is None:   # and, packed by memory, within one GPU
+            return on_gpu(spec) if on_gpu is not None else None
+        return f"over memory: {reason}"
 
     return check
 
@@ -506,9 +514,13 @@ def make_searcher(config: StudyConfig, space, data, store: StudyStore, storage: 
     if fidelity is not None:   # a trial's size is the largest it reached (from its results); its ladder's top by default
         base_row.update(fraction=fidelity.fractions[-1], n_train=None, target_size=fidelity.target)
     assert config.trials is not None  # StudyConfig resolves it
+    base = recipe(config.recipe, batch_size=config.batch_size, epochs=config.epochs)
+    memory = trial_memory(config.batch_size, data.num_classes, data.in_chans, optimizer=base.optimizer, ema=base.ema > 0,
+                          precision="32" if config.precision == "auto" else config.precision)   # auto: fp32, the larger
     return LabSearch(space, store, objectives, space.sampler(config.base_sampler, config.seed, config.trials),
                      config.name, storage, base_row, data.num_classes, data.in_chans, config.res,
-                     fits=None if bench is not None else _memory_check(config, data), clock=clock, fidelity=fidelity)
+                     fits=None if bench is not None else _memory_check(config, data), clock=clock, fidelity=fidelity,
+                     memory=memory)
 
 
 def replay_trials(config: StudyConfig, searcher: LabSearch, bench, objectives, remaining: int, clock,
@@ -538,13 +550,18 @@ def _tune(config: StudyConfig, searcher: LabSearch, data, objectives, store, rem
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     scheduler = make_scheduler(config, objectives, fidelity)
     settings = {"recipe": config.recipe, "epochs": config.epochs, "batch_size": config.batch_size,
-                "seed": config.seed, "device": "cuda" if config.gpus_per_trial > 0 else "cpu",
+                "seed": config.seed, "device": worker_device(config),
                 "cpus": config.cpus_per_trial, "teachers": str(store.folder / "teachers"),
                 "ladder": fidelity.fractions if fidelity is not None else None,
                 "logger": config.logger, "logs": str(store.folder / "logs"), "study": config.name,
-                "weights": worker_settings(store.folder, config)}
+                "weights": worker_settings(store.folder, config),
+                "speed": {"precision": config.precision, "compile": config.compile, "channels_last": config.channels_last}}
+    # --gpus-per-trial auto: each trial's GPU fraction from its predicted memory (lab.study.packing)
+    packing = packing_for(config, data.num_classes, data.in_chans) if config.gpus_per_trial == AUTO else None
+    if config.gpus_per_trial == AUTO and packing is None:
+        raise StudyError("--gpus-per-trial auto: the GPUs' memory is not known (Ray is not connected); give --gpu-memory")
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, settings=settings),
-                                    {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+                                    packing or {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.concurrency),

@@ -24,6 +24,7 @@ from lab.catalog import family_of
 from lab.cost import cost
 from lab.errors import SpecError, StudyError
 from lab.grammar import Spec, scale
+from lab.memory import training_memory
 from lab.study.fidelity import SizeFidelity, prediction_columns
 from lab.study.optuna_private import live_trial
 from lab.study.space import Point, SearchSpace, describe
@@ -55,10 +56,11 @@ class LabSearch(Searcher):
                  sampler: optuna.samplers.BaseSampler, study_name: str, storage: optuna.storages.BaseStorage,
                  base_row: dict, num_classes: int, in_chans: int, res: int | None = None,
                  fits: Callable[[Spec], str | None] | None = None, clock: Callable[[], datetime] = now,
-                 fidelity: SizeFidelity | None = None):
+                 fidelity: SizeFidelity | None = None, memory: Callable[[Spec], int] | None = None):
         super().__init__(metric=None, mode=None)
         self.fidelity = fidelity   # a --target-size study: rows carry each trial's prediction at the target
         self.lab_space, self.store, self.objectives, self.fits = space, store, objectives, fits
+        self.memory = memory   # a point's predicted training bytes, the rows' `memory` (trial_memory)
         self.now = clock   # what stamps rows: the wall clock, or a replay's simulated one
         self.base_row, self.num_classes, self.in_chans, self.res = base_row, num_classes, in_chans, res
         self.study = optuna.create_study(
@@ -292,6 +294,7 @@ class LabSearch(Searcher):
             arch_id=point.spec.arch_id if point.spec is not None else None,
             kinds=shape.get("kinds"), layout=shape.get("layout"), stem=shape.get("stem"),
             params=point.params, macs=point.macs, res=point.spec.res if point.spec is not None else None,
+            memory=self.memory(point.spec) if self.memory is not None and point.spec is not None else None,
             frames=point.spec.frames if point.spec is not None else None,
             hparams=_choices(point),
             started_at=started_at, finished_at=finished_at,
@@ -334,6 +337,17 @@ class _StopOnFatal(Stopper):
 
     def stop_all(self) -> bool:
         return self.searcher.fatal is not None
+
+
+def trial_memory(batch_size: int, num_classes: int, in_chans: int, *, precision: str = "32", optimizer: str = "adamw",
+                 ema: bool = False) -> Callable[[Spec], int]:
+    """What a trial row's `memory` holds: a point's predicted peak bytes of one training step
+    (lab.memory.training_memory) at the study's batch size, precision and optimizer."""
+    def memory(spec: Spec) -> int:
+        return training_memory(spec, batch_size, num_classes, in_chans, precision=precision, optimizer=optimizer,
+                               ema=ema).total
+
+    return memory
 
 
 def _choices(point: Point) -> str:

@@ -59,6 +59,9 @@ TRIAL_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("stem", pa.string(), "conv or patch"),
     RUN["params"],
     RUN["macs"],
+    ("memory", pa.int64(), "predicted peak bytes of one training step at the study's batch size and precision "
+                           "(lab.memory.training_memory: weights, gradients, AdamW state, activations kept for "
+                           "backward); null in tables written before the lab predicted it"),
     RUN["res"],
     RUN["frames"],
     RUN["dataset"],
@@ -121,7 +124,7 @@ EPOCH_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in EPOCH_FIEL
 # it (written by an older lab) reads it as nulls. Every other missing column marks a foreign table.
 # A table without the current vocabulary in its metadata has its `family` words migrated as it is
 # read (lab.train.record.migrate_family); its times are cast to TIME.
-ADDED_COLUMNS = frozenset({"worker_seconds", "frames", *PROXY_COLUMNS, *SIZE_COLUMNS, "n_train"})
+ADDED_COLUMNS = frozenset({"worker_seconds", "frames", *PROXY_COLUMNS, *SIZE_COLUMNS, "n_train", "memory"})
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)

@@ -118,6 +118,42 @@ class EpochHistory(L.Callback):
             self.on_epoch(dict(epoch))
 
 
+class FirstStep(L.Callback):
+    """How much longer the first training step took than the median of the first epoch's others:
+    for a compiled run, the compilation's seconds (`extra_seconds`; the whole first step when the
+    epoch has one step). Steps are timed after a CUDA synchronize on a GPU."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+        self._timing = True
+
+    @property
+    def extra_seconds(self) -> float | None:
+        if not self.times:
+            return None
+        rest = sorted(self.times[1:])
+        return max(0.0, self.times[0] - (rest[len(rest) // 2] if rest else 0.0))
+
+    def _sync(self, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._timing:
+            self._sync(pl_module)
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._timing:
+            self._sync(pl_module)
+            self.times.append(time.perf_counter() - self._start)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._timing = False   # the first epoch's steps are enough
+
+
 class ValidateLastEpoch(L.Callback):
     """Validate the last epoch as well: the Trainer's `check_val_every_n_epoch=k` validates epochs
     k, 2k, ... only, and a run's last epoch (whose weights it returns) may fall between them. On the

@@ -32,6 +32,19 @@ class Diverged(Exception):
         self.where = where
 
 
+class CompileFailed(Exception):
+    """torch.compile could not compile the training step; `reason` is the first line of why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else 'no detail'}"
+
+
 class Teacher(nn.Module):
     """A frozen classifier whose logits guide distillation; resizes inputs to its own resolution."""
 
@@ -93,13 +106,20 @@ class LabModule(L.LightningModule):
     recipe says. Validation (Lightning's loop: eval mode, no gradients) scores the val batches
     after `eval_augment`; `last_val` holds the latest result {"top1", "top5", "loss"}. The per-epoch
     history, the EMA and the last-epoch validation are callbacks (lab.train.callbacks).
+
+    `compile` runs the training forward (and so its backward) through torch.compile: a compiled view
+    of `model` that shares its parameters, kept outside the module tree (the state dict, the EMA copy
+    and validation see the eager model). `channels_last` puts the augmented inputs in that format.
     """
 
     def __init__(self, model: nn.Module, recipe: Recipe, num_classes: int, n_train: int, steps_per_epoch: int,
                  train_augment: Augmentation, eval_augment: Augmentation, seed: int,
-                 teacher: Teacher | None = None) -> None:
+                 teacher: Teacher | None = None, compile: bool = False, channels_last: bool = False) -> None:
         super().__init__()
         self.model = model
+        # not an attribute nn.Module would register: the compiled wrapper's keys (_orig_mod.*) stay out of state_dict
+        object.__setattr__(self, "_compiled", torch.compile(model) if compile else None)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.recipe = recipe
         self.num_classes = num_classes
         self.steps_per_epoch = steps_per_epoch
@@ -133,7 +153,7 @@ class LabModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         x, targets = self.targets(self.train_augment(images, generator=self.generator), labels)
-        out = self.model(x)
+        out = self.forward_train(x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x)
         if self.teacher is not None:
             loss = distillation_loss(out, targets, self.teacher(x), kind=self.recipe.distill,
                                      tau=self.recipe.tau, lam=self.recipe.lam)
@@ -144,6 +164,16 @@ class LabModule(L.LightningModule):
         if not torch.isfinite(loss.detach()):
             raise Diverged(f"loss became {loss.item()} at epoch {self.current_epoch + 1}, step {batch_idx + 1}")
         return loss
+
+    def forward_train(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The training forward: the compiled model when compiling (a compilation error is CompileFailed)."""
+        compiled = self.__dict__["_compiled"]
+        if compiled is None:
+            return self.model(x)
+        try:
+            return compiled(x)
+        except torch._dynamo.exc.TorchDynamoException as e:   # BackendCompilerFailed, Unsupported, InductorError
+            raise CompileFailed(_first_line(e)) from e
 
     def on_validation_epoch_start(self) -> None:
         self._scores = _Scores()

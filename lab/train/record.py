@@ -79,6 +79,12 @@ RUN_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("test_top5", pa.float64(), "top-5 accuracy on the test split"),
     ("loss", pa.float64(), "mean training loss of the last epoch"),
     ("val_loss", pa.float64(), "mean cross-entropy on the validation split"),
+    ("precision", pa.string(), "precision it trained in: 32, bf16-mixed or 16-mixed (null in tables written before "
+                               "--precision, and for a probe)"),
+    ("compile", pa.bool_(), "whether the training step ran through torch.compile (--compile)"),
+    ("channels_last", pa.bool_(), "whether the model and its inputs were in channels_last memory format"),
+    ("compile_seconds", pa.float64(), "a compiled run: seconds its first step took beyond the first epoch's median "
+                                      "step (the compilation), inside train_seconds; null when not compiled"),
     ("train_seconds", pa.float64(), "seconds in training epochs (data, augmentation, steps; not evaluation)"),
     ("images_per_second", pa.float64(), "training images per second"),
     ("peak_memory", pa.int64(), "bytes: CUDA max allocated, or the process's peak resident memory on the CPU"),
@@ -91,7 +97,8 @@ PROXIES = ("synflow", "naswot", "grad_norm", "snip")
 
 RUN_SCHEMA = pa.schema([pa.field(name, type_) for name, type_, _ in RUN_FIELDS],
                        metadata={VOCABULARY_KEY: VOCABULARY})
-LATER_FIELDS = ("init", "shots", "frames")  # added after the first tables were written: null in those
+# added after the first tables were written: null in those
+LATER_FIELDS = ("init", "shots", "frames", "precision", "compile", "channels_last", "compile_seconds")
 # the columns of the first vocabulary, read into the current ones by `_migrate`
 RENAMED = {"status": "state", "recipe_json": "recipe_fields"}
 

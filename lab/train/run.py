@@ -29,10 +29,11 @@ from lab.catalog import family_of, resolve
 from lab.cost import Report, cost
 from lab.data import Augment, Dataset, Split, load_dataset
 from lab.data.split import Batches
-from lab.errors import TrainError
+from lab.errors import LabError, TrainError
 from lab.grammar import Spec, scale
 from lab.interop.timm import init_weights
-from lab.memory import require_fits
+from lab.kinds import traits
+from lab.memory import precision_name, require_fits
 from lab.train import loggers
 from lab.train.checkpoint import load_checkpoint, save_run
 from lab.train.recipes import Recipe
@@ -149,6 +150,9 @@ class Prepared:
     name: str | None = None           # the architecture as given when a string (its family: lab.catalog.family_of)
     init: str | None = None
     init_note: str | None = None      # what a pretrained start loaded and adapted
+    precision: str = "32"             # lab.memory's name: 32, bf16-mixed or 16-mixed (resolve_precision)
+    compile: bool = False             # the training step's forward (and backward) through torch.compile
+    channels_last: bool = False       # model and training inputs in channels_last (a conv point: is_conv)
 
     @property
     def val_every(self) -> int:
@@ -166,6 +170,7 @@ class Fitted:
     last_val: dict | None             # the last validation's {"top1", "top5", "loss"} (the last epoch's when ok)
     train_seconds: float              # training epochs only: data, augmentation, steps (not validation)
     images_seen: int
+    compile_seconds: float | None = None   # a compiled run: the first step's extra seconds (the compilation)
 
     @property
     def loss(self) -> float | None:
@@ -173,7 +178,7 @@ class Fitted:
         return self.history[-1]["loss"] if self.history else None
 
 
-LIGHTNING_PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed"}   # lab.memory's names -> Lightning's
+LIGHTNING_PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}   # lab.memory's -> Lightning's
 
 
 def precision_of(device: torch.device) -> str:
@@ -181,21 +186,53 @@ def precision_of(device: torch.device) -> str:
     return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
 
 
+def resolve_precision(precision: str, device: torch.device, flag: str = "--precision") -> str:
+    """The precision a run trains in: "auto" is precision_of(device); else lab.memory.precision_name's
+    (32, bf16-mixed or its alias bf16, 16-mixed or 16). bf16 on a GPU without it is refused (TrainError)."""
+    if str(precision).strip().lower() == "auto":
+        return precision_of(device)
+    try:
+        name = precision_name(precision, flag)
+    except LabError:
+        raise TrainError(f"{flag} {precision!r}: expected auto, 32, bf16-mixed (bf16) or 16-mixed (16)") from None
+    if name == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainError(f"{flag} {precision}: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                         f"use {flag} 16-mixed or 32")
+    return name
+
+
+def is_conv(spec: Spec) -> bool:
+    """Whether `spec` is a conv point: an image model every stage of which is a conv block (its
+    mixer_family, lab.kinds.traits), whose maps channels_last memory format suits."""
+    return spec.frames == 1 and all(traits(type(s.block))["mixer_family"] == "conv" for s in spec.stages)
+
+
+def wants_channels_last(spec: Spec, device: torch.device, channels_last: bool | None) -> bool:
+    """channels_last for this run: as asked (True or False); None (auto) is a conv point on a CUDA device,
+    where cuDNN's NHWC kernels are the fast ones (on this CPU it measured no faster: BENCHMARKS.md)."""
+    if channels_last is None:
+        return device.type == "cuda" and is_conv(spec)
+    return bool(channels_last) and spec.frames == 1   # a clip's 5-D tensors have no channels_last format
+
+
 def check_memory(spec: Spec, batch_size: int, num_classes: int, in_chans: int, rec: Recipe, device: torch.device,
-                 max_memory: int | None = None, label: str | None = None) -> None:
+                 max_memory: int | None = None, label: str | None = None, precision: str | None = None) -> None:
     """Refuse (TrainError, one line) a run whose estimated training memory (lab.memory) exceeds
-    `max_memory` bytes, or the memory available on `device` when it is None; nothing is built."""
-    require_fits(spec, batch_size, num_classes, in_chans, max_memory, device=device, precision=precision_of(device),
-                 optimizer=rec.optimizer, ema=rec.ema > 0, label=label)
+    `max_memory` bytes, or the memory available on `device` when it is None; nothing is built.
+    `precision` is the run's (default: precision_of(device))."""
+    require_fits(spec, batch_size, num_classes, in_chans, max_memory, device=device,
+                 precision=precision or precision_of(device), optimizer=rec.optimizer, ema=rec.ema > 0, label=label)
 
 
 def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str | Recipe = "default",
             epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
             fraction: float = 1.0, seed: int = 0, res: int | None = None, distill_from: str | Path | None = None,
             init: str | None = None, new_head: bool = False, device: str = "auto",
-            data_root: str | None = None, max_memory: int | None = None) -> Prepared:
+            data_root: str | None = None, max_memory: int | None = None, precision: str = "auto",
+            compile: bool = False, channels_last: bool | None = None, decoder: str = "pil") -> Prepared:
     """Resolve a run's inputs (train's arguments): the recipe with its overrides, the device, the
-    dataset, the Spec, the seeded model (pretrained when `init`), the teacher, batches and augmentations.
+    dataset, the Spec, the seeded model (pretrained when `init`), the teacher, batches and augmentations,
+    the precision (resolve_precision) and memory format (wants_channels_last).
     Bad input raises a LabError; nothing is written. A point whose estimated training memory exceeds
     `max_memory` bytes (default: what the device has available) is refused before anything is built."""
     started = datetime.now(UTC).replace(microsecond=0)
@@ -204,12 +241,13 @@ def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str
                                  if v is not None}
     rec = dataclasses.replace(rec, **overrides)
     dev = pick_device(device)
+    prec = resolve_precision(precision, dev)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, seed=seed, fraction=fraction,
-                                                                   root=data_root, size=res)
+                                                                   root=data_root, size=res, decoder=decoder)
     spec = resolve_arch(arch, res, ds.image_size, ds.frames)
     batch = min(rec.batch_size, ds.n_train)
     check_memory(spec, batch, ds.num_classes, ds.in_chans, rec, dev, max_memory,
-                 label=arch if isinstance(arch, str) else None)
+                 label=arch if isinstance(arch, str) else None, precision=prec)
     teacher = None
     if distill_from is not None:
         from lab.train.module import Teacher  # lazy: start-up time
@@ -228,6 +266,9 @@ def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str
     if rec.dropout is not None:
         _set_dropout(model, rec.dropout)
     report = cost(spec, num_classes=ds.num_classes, in_chans=ds.in_chans)
+    nhwc = wants_channels_last(spec, dev, channels_last)
+    if nhwc:
+        model = model.to(memory_format=torch.channels_last)
 
     train_batches = _Epochs(ds.train, batch, seed, dev)
     train_aug = Augment(ds, res=spec.res, train=True, crop=rec.crop, pad=rec.pad, flip=rec.flip,
@@ -239,22 +280,24 @@ def prepare(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str
         train_aug=train_aug, eval_aug=eval_aug, seed=seed, started=started,
         distill_from=str(distill_from) if distill_from is not None else None, name=arch if isinstance(arch, str) else None,
         init=str(init) if init is not None else None, init_note=init_note,
+        precision=prec, compile=bool(compile), channels_last=nhwc,
     )
 
 
 def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], None] | None = None,
-        logger: Logger | None = None) -> Fitted:
+        logger: Logger | None = None, callbacks: list | None = None) -> Fitted:
     """Train `prepared.model` with Lightning's Trainer: validation every `val_every`-th epoch and the
     last, the EMA and the history as callbacks. A non-finite loss stops training (status "diverged").
-    `logger` (lab.train.loggers) gets every epoch's metrics at step = the epoch."""
+    `logger` (lab.train.loggers) gets every epoch's metrics at step = the epoch; `callbacks` are more
+    Lightning callbacks (a benchmark's per-step loss), after the lab's own."""
     import lightning as L  # lazy: start-up time
 
-    from lab.train.callbacks import EMA, EpochHistory, ValidateLastEpoch  # lazy: start-up time
-    from lab.train.module import Diverged, LabModule  # lazy: start-up time
+    from lab.train.callbacks import EMA, EpochHistory, FirstStep, ValidateLastEpoch  # lazy: start-up time
+    from lab.train.module import CompileFailed, Diverged, LabModule  # lazy: start-up time
 
     p, rec, dev = prepared, prepared.recipe, prepared.device
     module = LabModule(p.model, rec, p.dataset.num_classes, p.dataset.n_train, len(p.train_batches),
-                       p.train_aug, p.eval_aug, p.seed, p.teacher)
+                       p.train_aug, p.eval_aug, p.seed, p.teacher, compile=p.compile, channels_last=p.channels_last)
 
     def epoch_end(epoch: dict) -> None:
         if logger is not None:   # the epoch's validation is the module's last when the epoch validated
@@ -264,9 +307,12 @@ def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], N
             on_epoch(epoch)
 
     history = EpochHistory(epoch_end)
-    callbacks: list[L.Callback] = [history, ValidateLastEpoch()]
+    first_step = FirstStep()
+    extra = list(callbacks or [])
+    callbacks = [history, ValidateLastEpoch()] + ([first_step] if p.compile else [])
     if rec.ema > 0:
         callbacks.append(EMA(rec.ema))
+    callbacks += extra
 
     _quiet_lightning()
     if dev.type == "cuda":
@@ -275,7 +321,7 @@ def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], N
         accelerator="gpu" if dev.type == "cuda" else "cpu",
         devices=[dev.index or 0] if dev.type == "cuda" else 1,
         max_epochs=rec.epochs,
-        precision=LIGHTNING_PRECISION[precision_of(dev)],
+        **_precision_args(p.precision, dev),
         gradient_clip_val=rec.grad_clip or None,
         check_val_every_n_epoch=p.val_every, num_sanity_val_steps=0,
         inference_mode=False,   # validate under no_grad: tensors cached in eval (lru_cache'd masks) stay trainable
@@ -288,8 +334,21 @@ def fit(prepared: Prepared, progress: bool = False, on_epoch: Callable[[dict], N
         trainer.fit(module, train_dataloaders=p.train_batches, val_dataloaders=p.val_batches)
     except Diverged as e:
         status, error = "diverged", e.where
+    except CompileFailed as e:
+        raise TrainError(f"--compile: {p.name or 'this point'} failed to compile: {e.reason}") from None
     return Fitted(model=module.eval_model.eval(), status=status, error=error, history=history.history,
-                  last_val=module.last_val, train_seconds=history.train_seconds, images_seen=history.images_seen)
+                  last_val=module.last_val, train_seconds=history.train_seconds, images_seen=history.images_seen,
+                  compile_seconds=first_step.extra_seconds if p.compile else None)
+
+
+def _precision_args(precision: str, device: torch.device) -> dict:
+    """The Trainer's precision arguments. Lightning turns 16-mixed on a CPU into bf16-mixed (with a
+    warning): there the lab passes its own float16 autocast plugin with a CPU GradScaler instead."""
+    if precision == "16-mixed" and device.type == "cpu":
+        from lightning.pytorch.plugins.precision import MixedPrecision  # lazy: start-up time
+
+        return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+    return {"precision": LIGHTNING_PRECISION[precision]}
 
 
 def new_run_id(prepared: Prepared) -> str:
@@ -304,7 +363,8 @@ def hyperparameters(prepared: Prepared, run_id: str) -> dict:
             "params": p.report.params, "macs": p.report.macs, "res": spec.res, "frames": spec.frames,
             "dataset": p.dataset.name, "fraction": p.dataset.fraction, "n_train": p.dataset.n_train,
             "batch_size": p.batch_size, "seed": p.seed, "device": str(p.device), "init": p.init,
-            "distill_from": p.distill_from, "recipe": p.recipe.to_dict()}
+            "distill_from": p.distill_from, "recipe": p.recipe.to_dict(), "precision": p.precision,
+            "compile": p.compile, "channels_last": p.channels_last}
 
 
 def record(prepared: Prepared, fitted: Fitted, out: str | Path | None = "runs", run_id: str | None = None) -> RunResult:
@@ -331,7 +391,8 @@ def record(prepared: Prepared, fitted: Fitted, out: str | Path | None = "runs", 
         "distill_from": p.distill_from, "init": p.init, "shots": ds.shots,
         "val_top1": val["top1"], "val_top5": val["top5"], "test_top1": test["top1"], "test_top5": test["top5"],
         "loss": f.loss, "val_loss": val["loss"],
-        "train_seconds": f.train_seconds,
+        "precision": p.precision, "compile": p.compile, "channels_last": p.channels_last,
+        "compile_seconds": f.compile_seconds, "train_seconds": f.train_seconds,
         "images_per_second": f.images_seen / f.train_seconds if f.train_seconds > 0 else None,
         "peak_memory": _peak_memory(dev),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
@@ -356,7 +417,8 @@ def train(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str |
           init: str | None = None, new_head: bool = False, device: str = "auto",
           out: str | Path | None = "runs", data_root: str | None = None, progress: bool = False,
           on_epoch: Callable[[dict], None] | None = None, max_memory: int | None = None,
-          logger: str | Logger | None = None, log_dir: str | Path | None = None) -> RunResult:
+          logger: str | Logger | None = None, log_dir: str | Path | None = None, precision: str = "auto",
+          compile: bool = False, channels_last: bool | None = None, decoder: str = "pil") -> RunResult:
     """Train `arch` (a name with multipliers, grammar text or a Spec) on `dataset` and record the run.
 
     `dataset` is a dataset string, or a loaded `lab.data.Dataset` (studies load it once per
@@ -373,12 +435,19 @@ def train(arch: str | Spec, dataset: str | Dataset = "mnist5k", *, recipe: str |
     `logger` logs the run (lab.train.loggers): tensorboard, csv, mlflow or wandb, in `log_dir`
     (default OUT/logs, runs/logs when `out` is None) as a run named by its run_id in the
     experiment "lab"; or a Lightning logger made by the caller.
+    `precision` is auto (bf16-mixed on a GPU that has it, else 32), 32, bf16-mixed (bf16) or 16-mixed (16;
+    on a CPU too, with float16 autocast and a GradScaler). `compile` runs the training step's forward and
+    backward through torch.compile (the model's validation and evaluation stay eager); the first step's
+    extra seconds are the row's compile_seconds. `channels_last` (None: auto, a conv point on a GPU) trains
+    the model and its inputs in channels_last memory format. `decoder` (imagefolder/parquet datasets) is
+    pil (in DataLoader workers) or cuda (JPEGs by nvjpeg on the GPU: lab.data.load_dataset).
     """
     if isinstance(logger, str):   # an unknown kind or a missing package is refused before anything is done
         loggers.require(logger)
     prepared = prepare(arch, dataset, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, fraction=fraction,
                        seed=seed, res=res, distill_from=distill_from, init=init, new_head=new_head, device=device,
-                       data_root=data_root, max_memory=max_memory)
+                       data_root=data_root, max_memory=max_memory, precision=precision, compile=compile,
+                       channels_last=channels_last, decoder=decoder)
     run_id = new_run_id(prepared)
     log = (loggers.make_logger(logger, log_dir or Path("runs" if out is None else out) / "logs", "lab", run_id)
            if isinstance(logger, str) else logger)
