@@ -87,10 +87,12 @@ step "study: 4 trials at $gpus GPU each" 150 "${lab[@]}" study create --space hy
   --concurrency 4 --cpus-per-trial 2 --device "$device" "${study[@]}" --no-dashboard
 step "study: 4 trials at --gpus-per-trial auto" 120 "${lab[@]}" study create --space hybrid --name gpu-auto --gpus-per-trial "$auto" \
   --concurrency 8 --cpus-per-trial 1 --device "$device" "${study[@]}" "${auto_memory[@]}" --no-dashboard
-step "study report" 30 bash -c "'$py' -m lab study report gpu-check > '$out/study.txt'; cat '$out/study.txt'"
+step "the studies' tables" 30 bash -c "'$py' -m lab study show gpu-check > '$out/study.txt' && '$py' -m lab study show gpu-auto \
+  >> '$out/study.txt'; rc=\$?; cat '$out/study.txt'; exit \$rc"
 : >"$out/bench.jsonl"
 for name in "${names[@]}"; do
   step "bench $name bf16 + compile vs timm" 150 bash -c \
-    "'$py' -m lab arch bench $name --vs timm --device $device --precision bf16 --compile ${bench[*]} --json | tee -a '$out/bench.jsonl'"
+    "set -o pipefail; '$py' -m lab arch bench $name --vs timm --device $device --precision bf16 --compile ${bench[*]} --json \
+     | '$py' -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' | tee -a '$out/bench.jsonl'"
 done
 say "gpu_check: done; figures in $out"

@@ -41,4 +41,5 @@ def test_the_smoke_run_runs_every_step_on_cpu(tmp_path):
     assert json.loads((tmp_path / "out" / "memory.json").read_text())
     bench = [json.loads(line) for line in (tmp_path / "out" / "bench.jsonl").read_text().splitlines() if line.strip()]
     assert len(bench) == 1
-    assert "gpu-check" in (tmp_path / "out" / "study.txt").read_text()
+    studies = (tmp_path / "out" / "study.txt").read_text()
+    assert "study gpu-check" in studies and "study gpu-auto" in studies

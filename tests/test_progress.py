@@ -192,7 +192,8 @@ def test_a_replayed_study_shows_the_same_progress(tmp_path):
     assert "(simulated)" in last and "simulated trials to go" in out.getvalue().splitlines()[0]
 
 
-@pytest.mark.slow   # Ray's workers and two trainings: a minute or more on 2 shared cores
+# not slow (~16 s): the one test of `lab study create` through the CLI, Tune and its pickled state, the
+# quick start's main job (a slow mark let issue 22 ship it broken)
 def test_a_live_study_prints_the_labs_lines_and_no_ray_boxes(tmp_path, capsys, local_ray):
     capsys.readouterr()   # what the shared Ray printed when it started
     root = tmp_path / "studies"

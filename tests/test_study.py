@@ -261,6 +261,26 @@ def _searcher(tmp_path, space="conv", sampler=None):
                      {"dataset": "mnist5k"}, 10, 1)
 
 
+def test_the_searcher_pickles_for_tune_with_its_listeners_left_behind(tmp_path):
+    """Tune pickles its search algorithm and stopper into tuner.pkl before any trial: a listener holding
+    a lock (the live view's progress) must not break `lab study create` (it did, in issue 22's tree)."""
+    import threading
+
+    from ray import cloudpickle
+    from ray.tune.search import ConcurrencyLimiter
+
+    from lab.study.progress import Progress
+
+    searcher = _searcher(tmp_path)
+    progress = Progress(2, [("val_top1", "max"), ("macs", "min")], 2)
+    searcher.listeners.append(lambda row, result: progress.finished(row))   # as the runner subscribes it
+    searcher.listeners.append(lambda row, result, lock=threading.Lock(): None)
+    restored = cloudpickle.loads(cloudpickle.dumps(ConcurrencyLimiter(searcher, max_concurrent=2)))
+    cloudpickle.dumps(searcher.stopper())
+    assert restored.searcher.listeners == [] and len(searcher.listeners) == 2   # the driver's stay with it
+    assert restored.searcher.objectives == searcher.objectives
+
+
 def _epoch(config: dict, epoch: int, val: float) -> dict:
     return {"number": config["number"], "kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch, "val_top1": val,
             "seconds": 2.0 * epoch, "worker_seconds": 2.5 * epoch, "macs": config["macs"], "params": config["params"],

@@ -86,6 +86,12 @@ class LabSearch(Searcher):
         # view and weights keeper (lab.study.progress, lab.study.weights)
         self.listeners: list[Callable[[dict, dict | None], None]] = []
 
+    def __getstate__(self) -> dict:
+        """Tune pickles its search algorithm into its experiment state (tuner.pkl) before the run: the
+        listeners stay with this driver (a live view holds locks and a terminal; the lab never restores
+        Tune's pickle: resume rebuilds the searcher)."""
+        return {**self.__dict__, "listeners": []}
+
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save for Ray: the study's state is the Optuna database and the Parquet store,
         and `lab study resume` rebuilds the searcher from them."""
