@@ -85,8 +85,8 @@ def _cpu_peak(fn) -> int:
 def measure(ref: str, batch: int, device: str, precision: str) -> dict:
     """One point, in this (fresh) process: the predicted and the measured peak bytes of a training step."""
     import torch
-    import torch.nn.functional as F
 
+    from lab.bench import training_step
     from lab.build import build
     from lab.catalog import resolve
     from lab.memory import PRECISIONS, training_memory
@@ -102,25 +102,11 @@ def measure(ref: str, batch: int, device: str, precision: str) -> dict:
         x = x.view(batch, 3, spec.frames, spec.res, spec.res)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=dev)
     mixed = precision in ("bf16-mixed", "16-mixed")
-    dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
     if precision in ("bf16-true", "16-true", "64", "64-true"):
         model.to({"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, torch.float64))
         x = x.to({"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, torch.float64))
     assert precision in PRECISIONS
-    scaler = torch.amp.GradScaler(dev.type) if precision == "16-mixed" and dev.type == "cuda" else None
-
-    def step() -> None:
-        with torch.autocast(dev.type, dtype=dtype, enabled=mixed):
-            out = model(x)
-            # a distilled DeiT trains both of its classifiers
-            loss = sum(F.cross_entropy(o, y) for o in out) if isinstance(out, tuple) else F.cross_entropy(out, y)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+    step = training_step(model, x, y, opt, device, precision if mixed else "32")
 
     step()   # allocates AdamW's state (and, on a GPU, the autotuned kernels' workspaces)
     # outside the measured region: the CPU profiler does not see blocks freed that were allocated

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 
@@ -42,6 +43,30 @@ def _autocast(device: str, precision: str) -> AbstractContextManager:
     return torch.autocast(torch.device(device).type, dtype=AUTOCAST[precision])
 
 
+def training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, device: str,
+                  precision: str = "32", loss_fn: Callable | None = None) -> Callable[[], None]:
+    """One training step of `model` on the batch (x, y) as a call: gradients set to None, the forward and
+    loss under `precision`'s autocast (a distilled model trains both heads), backward (through a
+    GradScaler under 16-mixed) and the optimizer's step. The benchmarks' one definition of a step."""
+    loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(torch.device(device).type) if precision == "16-mixed" else None
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, precision):
+            out = model(x)
+            loss = sum(loss_fn(o, y) for o in (out if isinstance(out, tuple) else (out,)))
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    return step
+
+
 def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, channels_last: bool,
              precision: str = "32", compile: bool = False) -> dict:
     torch.manual_seed(0)
@@ -59,7 +84,6 @@ def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, 
     x = x.contiguous(memory_format=fmt) if x.dim() == 4 else x
     y = torch.randint(0, 1000, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    scaler = torch.amp.GradScaler(torch.device(device).type) if precision == "16-mixed" else None
     eager = model
     if compile:
         model = torch.compile(model)
@@ -69,19 +93,7 @@ def _measure(who: str, ref: str, res: int, batch: int, device: str, steps: int, 
         torch.cuda.reset_peak_memory_stats()
     base = _rss_mb()
 
-    def train_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
-            out = model(x)
-            outs = out if isinstance(out, tuple) else (out,)  # a distilled model trains two heads
-            loss = sum(loss_fn(o, y) for o in outs)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+    train_step = training_step(model, x, y, opt, device, precision, loss_fn)
 
     def median_time(step) -> float:
         """Median seconds per step: robust to the hiccups of a shared machine."""
