@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # its sibling memory_estimate.py
 
 # (reference, batch): the first ten span the families (what the GPU check runs), the rest vary sizes
 POINTS: tuple[tuple[str, int], ...] = (
@@ -66,25 +66,10 @@ POINTS: tuple[tuple[str, int], ...] = (
 NUM_CLASSES = 10
 
 
-def _cpu_peak(fn) -> int:
-    """Peak bytes torch's CPU allocator held above its level at the start of `fn()`."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        events = json.loads(Path(path).read_text())["traceEvents"]
-    finally:
-        os.remove(path)
-    return max(itertools.accumulate((e["args"]["Bytes"] for e in events if e.get("name") == "[memory]"), initial=0))
-
-
 def measure(ref: str, batch: int, device: str, precision: str) -> dict:
     """One point, in this (fresh) process: the predicted and the measured peak bytes of a training step."""
     import torch
+    from memory_estimate import allocated_peak  # benchmarks/memory_estimate.py: the one CPU allocator peak
 
     from lab.bench import training_step
     from lab.build import build
@@ -122,7 +107,7 @@ def measure(ref: str, batch: int, device: str, precision: str) -> dict:
         alive = itertools.chain(model.parameters(), model.buffers(), (p.grad for p in model.parameters()),
                                 (t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)), (x, y))
         resident = sum(t.numel() * t.element_size() for t in alive if t is not None)
-        measured = resident + _cpu_peak(step)
+        measured = resident + allocated_peak(step)
     return {"point": ref, "batch": batch, "device": device, "precision": precision, "predicted": est.total,
             "measured": measured, "ratio": measured / est.total, "weights": est.weights,
             "activations": est.activations, "transient": est.transient, "describe": est.describe()}

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -158,3 +167,34 @@ def synthetic_bench(folder, n: int = 40, epochs: int = 2, seed: int = 0, name: s
             "data": {"name": "mnist5k", "fraction": 0.25, "n_train": 1000, "num_classes": 10, "in_chans": 1, "frames": 1},
             "space": {"name": "hybrid", "definition": space.to_dict()}}
     return save_bench(make_table(rows, curves, meta), Path(folder) / f"{name}.parquet")
+
+
+@contextlib.contextmanager
+def ray_head(*flags: str, env: dict | None = None) -> Iterator[int]:
+    """`ray start --head --block` with `flags` in its own session, for the block: yields its port once it
+    accepts connections. At the end its process group is killed (never `ray stop`, which stops every Ray
+    of the machine) and its temporary folder removed."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")   # short: Ray's Unix sockets live under it
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(port), "--include-dashboard", "false",
+                             "--temp-dir", temp, *flags], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)

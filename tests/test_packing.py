@@ -7,18 +7,12 @@ from __future__ import annotations
 import glob
 import json
 import math
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from support import ray_head
 
 from lab.catalog import resolve
 from lab.cli.main import main
@@ -302,12 +296,6 @@ def test_on_logical_gpus_trials_pack_by_predicted_memory_and_without_cuda_the_st
     assert _check_packed(tmp_path / "packed", int(1.5 * GB), 6) == (4, 4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_ray_start_head_with_logical_gpus_packs_the_joined_studys_trials(tmp_path, capsys):
     """`ray start --head --num-gpus=2` in its own session (killed by its group at the end: never `ray stop`,
@@ -316,27 +304,8 @@ def test_a_ray_start_head_with_logical_gpus_packs_the_joined_studys_trials(tmp_p
 
     if ray.is_initialized():   # a test worker's shared Ray: the study must join the head instead
         ray.shutdown()
-    port, temp = _free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")   # short: Ray's sockets live under it
-    head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(port), "--num-gpus", "2",
-                             "--num-cpus", "8", "--include-dashboard", "false", "--temp-dir", temp],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+    with ray_head("--num-gpus", "2", "--num-cpus", "8") as port:
         # 0.9 GB GPUs: the tiny point needs ~0.51 GB, 10/16 of one: one per GPU, two at once
         assert main(_grid("joined", tmp_path, "0.9GB", 4, "--address", f"127.0.0.1:{port}")) == 0, \
             capsys.readouterr().err
         assert _check_packed(tmp_path / "joined", int(0.9 * GB), 4) == (2, 2)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        shutil.rmtree(temp, ignore_errors=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from support import BAD_RECIPE_SPACE
+from support import BAD_RECIPE_SPACE, ray_head
 
 from lab.cli.main import main
 from lab.dashboard.synthetic import write_synthetic_study
@@ -162,40 +162,14 @@ def test_an_address_that_is_not_a_ray_head_fails_in_seconds_and_leaves_nothing(t
 @pytest.mark.slow
 def test_a_cluster_with_token_authentication_names_the_token(tmp_path, capsys):
     """A head started by `ray start` with token authentication, and a driver with another token."""
-    import shutil
-    import socket
-    import tempfile
-
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")   # short: Ray's Unix sockets live under it
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)
-    head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "1",
-                             "--include-dashboard", "false", "--temp-dir", temp],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+    with ray_head("--num-cpus", "1", env=env) as port:
         os.environ["RAY_AUTH_TOKEN"] = "1" * 32
         try:
             rc = main(["study", "create", "--name", "auth", "--root", str(tmp_path / "studies"), "--address",
                        f"127.0.0.1:{port}", "--trials", "1", *TINY])
         finally:
             del os.environ["RAY_AUTH_TOKEN"]
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        shutil.rmtree(temp, ignore_errors=True)
     err = _one_line(capsys)
     assert rc == 2 and "RAY_AUTH_MODE" in err and "RAY_AUTH_TOKEN" in err, err
     assert not (tmp_path / "studies" / "auth").exists()
